@@ -1,0 +1,139 @@
+//! `orderflow run`: wires config, inventory feed, shards, source and sink
+//! together, and shuts them down in the order that loses nothing.
+
+use crate::config::{Config, LogConfig, MetricsConfig};
+use crate::engine::Engine;
+use crate::inventory::Inventory;
+use crate::kafka::source::{self, SourceContext, SourceShared};
+use crate::kafka::{self, inventory_feed, sink::Sink, tracker::OffsetTracker, worker::Shard};
+pub use crate::shutdown::Shutdown;
+use crate::telemetry;
+use anyhow::Context;
+use metrics_exporter_prometheus::PrometheusHandle;
+use rdkafka::consumer::{BaseConsumer, Consumer};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+/// How often inventory gauges (oversold units, watched SKUs) are refreshed.
+const GAUGE_INTERVAL: Duration = Duration::from_secs(1);
+
+/// Sets up `tracing` from the `[log]` section (RUST_LOG wins if set).
+pub fn init_logging(log: &LogConfig) {
+    let filter = tracing_subscriber::EnvFilter::try_from_default_env()
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new(&log.level));
+    let builder = tracing_subscriber::fmt().with_env_filter(filter).with_writer(std::io::stderr);
+    let _ = if log.format == "json" { builder.json().try_init() } else { builder.try_init() };
+}
+
+/// Installs the Prometheus recorder and serves `/metrics`. Call inside a
+/// Tokio runtime. Returns `None` when metrics are disabled.
+pub fn serve_metrics(metrics: &MetricsConfig) -> anyhow::Result<Option<PrometheusHandle>> {
+    if !metrics.enabled {
+        return Ok(None);
+    }
+    let listen = metrics.listen.parse().context("metrics.listen")?;
+    let handle = telemetry::install(listen).with_context(|| format!("serving metrics on {listen}"))?;
+    telemetry::init_series();
+    tracing::info!(%listen, "metrics at http://{listen}/metrics");
+    Ok(Some(handle))
+}
+
+/// Triggers `shutdown` on SIGINT or SIGTERM.
+pub async fn shutdown_on_signal(shutdown: Shutdown) {
+    let ctrl_c = tokio::signal::ctrl_c();
+    #[cfg(unix)]
+    {
+        let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())
+            .expect("installing a SIGTERM handler");
+        tokio::select! {
+            _ = ctrl_c => {}
+            _ = term.recv() => {}
+        }
+    }
+    #[cfg(not(unix))]
+    let _ = ctrl_c.await;
+    tracing::info!("shutdown requested: finishing in-flight work");
+    shutdown.trigger();
+}
+
+/// Runs the processor until `shutdown` is triggered, then finishes in-flight
+/// records, flushes outputs and commits offsets.
+pub fn run(config: Config, shutdown: Shutdown) -> anyhow::Result<()> {
+    let tracker = Arc::new(OffsetTracker::new());
+    let sink = Arc::new(Sink::new(kafka::producer_config(&config.kafka), tracker.clone()).context("creating the producer")?);
+    let inventory = Arc::new(Inventory::new());
+    let feed = inventory_feed::start(&config, inventory.clone(), sink.clone(), shutdown.clone())
+        .context("reading the inventory topic")?;
+    let engine = Arc::new(Engine::new(inventory.clone(), config.limits.clone()));
+
+    let shared = Arc::new(SourceShared::new(
+        config.topics.orders.clone(),
+        tracker.clone(),
+        Duration::from_millis(config.engine.shutdown_timeout_ms),
+    ));
+    let consumer: BaseConsumer<SourceContext> = kafka::consumer_config(&config.kafka, &config.kafka.group_id)
+        .create_with_context(SourceContext { shared })
+        .context("creating the orders consumer")?;
+    consumer.subscribe(&[&config.topics.orders]).context("subscribing to the orders topic")?;
+
+    let mut queues = Vec::new();
+    let mut shards = Vec::new();
+    for id in 0..config.engine.shards {
+        let (tx, rx) = crossbeam_channel::bounded(config.engine.shard_queue_records);
+        let shard = Shard {
+            id,
+            engine: engine.clone(),
+            sink: sink.clone(),
+            tracker: tracker.clone(),
+            topics: config.topics.clone(),
+            dedup_window_orders: config.engine.dedup_window_orders,
+        };
+        queues.push(tx);
+        shards.push(std::thread::Builder::new().name(format!("shard-{id}")).spawn(move || shard.run(rx))?);
+    }
+    let gauges = spawn_gauges(inventory, tracker.clone(), config.metrics.watched_skus.clone(), shutdown.clone());
+    tracing::info!(shards = config.engine.shards, brokers = %config.kafka.brokers, "processing orders");
+
+    source::run(&consumer, &queues, &shutdown, Duration::from_millis(config.engine.commit_interval_ms));
+
+    // Shutdown: no new records; shards finish their queues; outputs are
+    // flushed; only then are the offsets of delivered work committed.
+    shutdown.trigger();
+    drop(queues);
+    for shard in shards {
+        let _ = shard.join();
+    }
+    let flushed = sink.flush(Duration::from_millis(config.engine.shutdown_timeout_ms));
+    if let Err(e) = &flushed {
+        tracing::warn!(error = %e, pending = tracker.pending_outputs(), "not every output was acknowledged");
+    }
+    source::commit_final(&consumer);
+    consumer.unsubscribe();
+    let _ = feed.join();
+    let _ = gauges.join();
+    tracing::info!("stopped");
+    Ok(())
+}
+
+fn spawn_gauges(
+    inventory: Arc<Inventory>,
+    tracker: Arc<OffsetTracker>,
+    watched: Vec<String>,
+    shutdown: Shutdown,
+) -> std::thread::JoinHandle<()> {
+    std::thread::spawn(move || {
+        let mut next = Instant::now();
+        while !shutdown.is_triggered() {
+            if Instant::now() >= next {
+                let levels: Vec<(String, i64)> = watched
+                    .iter()
+                    .filter_map(|sku| inventory.get(sku).map(|s| (sku.clone(), s.available())))
+                    .collect();
+                telemetry::inventory_levels(inventory.sku_count(), inventory.oversold_units(), &levels);
+                telemetry::outputs_pending(tracker.pending_outputs());
+                next = Instant::now() + GAUGE_INTERVAL;
+            }
+            std::thread::sleep(Duration::from_millis(50));
+        }
+    })
+}

@@ -1,0 +1,285 @@
+use super::*;
+use crate::order::InventoryEvent;
+use proptest::prelude::*;
+use std::collections::{BTreeMap, HashMap};
+
+const PRICE: i64 = 100;
+
+fn now() -> OffsetDateTime {
+    OffsetDateTime::from_unix_timestamp(1_795_000_000).unwrap()
+}
+
+pub(crate) fn order_json(order_id: &str, customer: &str, lines: &[(&str, i64)]) -> Vec<u8> {
+    let total: i64 = lines.iter().map(|(_, q)| q * PRICE).sum();
+    let lines: Vec<_> = lines
+        .iter()
+        .map(|(sku, q)| serde_json::json!({"sku": sku, "quantity": q, "unit_price_minor": PRICE, "ship_to": "home"}))
+        .collect();
+    serde_json::to_vec(&serde_json::json!({
+        "type": "order_placed", "order_id": order_id, "customer_id": customer,
+        "placed_at": "2026-11-23T12:00:00Z", "currency": "EUR", "lines": lines,
+        "addresses": {"home": {"name": "A 🏠", "line1": "L", "city": "C", "postal_code": "1", "country": "DE"}},
+        "payments": [{"method": "card", "amount_minor": total, "authorization_id": "x"}]
+    }))
+    .unwrap()
+}
+
+fn cancel_json(order_id: &str) -> Vec<u8> {
+    serde_json::to_vec(&serde_json::json!({"type": "order_cancelled", "order_id": order_id})).unwrap()
+}
+
+fn stock_set(sku: &str, available: i64, limit: Option<u32>) -> InventoryEvent {
+    InventoryEvent::StockSet {
+        sku: sku.into(),
+        available,
+        prices: BTreeMap::from([("EUR".to_string(), PRICE)]),
+        max_per_customer: limit,
+    }
+}
+
+fn engine_with(stock: &[(&str, i64, Option<u32>)]) -> Engine {
+    let inventory = Arc::new(Inventory::new());
+    for (sku, units, limit) in stock {
+        inventory.apply(&stock_set(sku, *units, *limit));
+    }
+    Engine::new(inventory, Limits::default())
+}
+
+fn run(engine: &Engine, book: &mut OrderBook, id: &str, value: &[u8]) -> (Outcome, Vec<Output>) {
+    let mut out = Vec::new();
+    let processed = engine.process(book, Some(id.as_bytes()), Some(value), now(), &mut out);
+    (processed.outcome, out)
+}
+
+fn statuses(out: &[Output]) -> Vec<StatusEvent> {
+    out.iter()
+        .filter_map(|o| match o {
+            Output::Status { payload, .. } => Some(serde_json::from_slice(payload).unwrap()),
+            _ => None,
+        })
+        .collect()
+}
+
+#[test]
+fn accept_then_duplicate_then_cancel_once() {
+    let engine = engine_with(&[("A", 5, None)]);
+    let mut book = OrderBook::new(100);
+    let order = order_json("o-1", "c-1", &[("A", 2)]);
+    let (outcome, out) = run(&engine, &mut book, "o-1", &order);
+    assert_eq!(outcome, Outcome::Accepted);
+    assert_eq!(statuses(&out)[0].status, Status::Accepted);
+    assert_eq!(out.iter().filter(|o| matches!(o, Output::Fulfillment { .. })).count(), 1);
+    assert_eq!(engine.inventory().get("A").unwrap().available(), 3);
+
+    let (outcome, out) = run(&engine, &mut book, "o-1", &order);
+    assert_eq!((outcome, out.len()), (Outcome::Duplicate, 0));
+
+    let (outcome, out) = run(&engine, &mut book, "o-1", &cancel_json("o-1"));
+    assert_eq!(outcome, Outcome::Cancelled);
+    assert_eq!(statuses(&out)[0].event_id, "o-1:cancelled");
+    assert_eq!(engine.inventory().get("A").unwrap().available(), 5);
+
+    let (outcome, out) = run(&engine, &mut book, "o-1", &cancel_json("o-1"));
+    assert_eq!((outcome, out.len()), (Outcome::CancelIgnored, 0));
+    assert_eq!(engine.inventory().get("A").unwrap().available(), 5, "units come back exactly once");
+}
+
+#[test]
+fn all_or_nothing_across_lines() {
+    let engine = engine_with(&[("A", 5, None), ("B", 1, None)]);
+    let mut book = OrderBook::new(100);
+    let (outcome, _) = run(&engine, &mut book, "o-1", &order_json("o-1", "c", &[("A", 3), ("B", 2)]));
+    assert_eq!(outcome, Outcome::Rejected(Reason::OutOfStock));
+    assert_eq!(engine.inventory().get("A").unwrap().available(), 5, "A untouched when B fails");
+}
+
+#[test]
+fn reasons_in_table_order() {
+    let engine = engine_with(&[("A", 1, Some(1))]);
+    let mut book = OrderBook::new(100);
+    let cases = [
+        ("o-1", order_json("o-1", "c", &[("Z", 1)]), Reason::UnknownSku),
+        ("o-2", order_json("o-2", "c", &[("A", 2)]), Reason::CustomerLimitExceeded),
+        ("o-3", order_json("o-3", "c", &[("A", 0)]), Reason::InvalidOrder),
+    ];
+    for (id, value, reason) in cases {
+        assert_eq!(run(&engine, &mut book, id, &value).0, Outcome::Rejected(reason), "{id}");
+    }
+    let mut wrong_price: serde_json::Value = serde_json::from_slice(&order_json("o-4", "c", &[("A", 1)])).unwrap();
+    wrong_price["lines"][0]["unit_price_minor"] = 99.into();
+    wrong_price["payments"][0]["amount_minor"] = 99.into();
+    let value = serde_json::to_vec(&wrong_price).unwrap();
+    assert_eq!(run(&engine, &mut book, "o-4", &value).0, Outcome::Rejected(Reason::PriceMismatch));
+    let (outcome, out) = run(&engine, &mut book, "o-5", b"\xff");
+    assert_eq!(outcome, Outcome::DeadLetter(DlqReason::NotUtf8));
+    assert!(matches!(out[0], Output::DeadLetter(_)));
+}
+
+#[test]
+fn hot_sku_hit_by_every_shard_never_oversells() {
+    const STOCK: i64 = 1_000;
+    const SHARDS: usize = 4;
+    const ORDERS_PER_SHARD: usize = 2_000;
+    let engine = Arc::new(engine_with(&[("HOT", STOCK, None), ("COLD", 1_000_000, None)]));
+    let (accepted_units, accepted_orders): (i64, i64) = std::thread::scope(|scope| {
+        let handles: Vec<_> = (0..SHARDS)
+            .map(|shard| {
+                let engine = engine.clone();
+                scope.spawn(move || {
+                    let mut book = OrderBook::new(ORDERS_PER_SHARD);
+                    let (mut units, mut orders) = (0, 0);
+                    for i in 0..ORDERS_PER_SHARD {
+                        let id = format!("o-{shard}-{i}");
+                        let qty = (i % 3 + 1) as i64;
+                        let value = order_json(&id, &id, &[("COLD", 1), ("HOT", qty)]);
+                        if run(&engine, &mut book, &id, &value).0 == Outcome::Accepted {
+                            units += qty;
+                            orders += 1;
+                        }
+                    }
+                    (units, orders)
+                })
+            })
+            .collect();
+        handles.into_iter().map(|h| h.join().unwrap()).fold((0, 0), |a, b| (a.0 + b.0, a.1 + b.1))
+    });
+    let hot = engine.inventory().get("HOT").unwrap();
+    assert_eq!(hot.reserved, accepted_units);
+    assert!(accepted_units <= STOCK, "oversold: {accepted_units} > {STOCK}");
+    assert!(STOCK - accepted_units < 3, "demand exceeds stock, so stock sells out up to the last small order");
+    let cold = engine.inventory().get("COLD").unwrap();
+    assert_eq!(cold.reserved, accepted_orders, "an order takes all its lines or none");
+}
+
+// ---- model test ----------------------------------------------------------
+
+const SKUS: [&str; 3] = ["S0", "S1", "S2"];
+const SHARDS: usize = 3;
+
+#[derive(Debug, Clone)]
+enum Op {
+    Place { order: usize, customer: usize, lines: Vec<(usize, i64)> },
+    Cancel { order: usize },
+    Restock { sku: usize, delta: i64 },
+}
+
+fn op() -> impl Strategy<Value = Op> {
+    prop_oneof![
+        6 => (0..40usize, 0..4usize, prop::collection::vec((0..3usize, 0..5i64), 1..4))
+            .prop_map(|(order, customer, lines)| Op::Place { order, customer, lines }),
+        2 => (0..40usize).prop_map(|order| Op::Cancel { order }),
+        1 => (0..3usize, -3..6i64).prop_map(|(sku, delta)| Op::Restock { sku, delta }),
+    ]
+}
+
+/// The plain model: stock and holdings in hash maps, one order at a time.
+#[derive(Default)]
+struct Model {
+    stock: HashMap<usize, i64>,
+    reserved: HashMap<usize, i64>,
+    held: HashMap<(usize, usize), u32>,
+    orders: HashMap<usize, Option<(usize, BTreeMap<usize, u32>)>>, // Some = accepted and not cancelled
+}
+
+const LIMIT_SKU: usize = 2;
+const LIMIT: u32 = 3;
+
+impl Model {
+    fn place(&mut self, order: usize, customer: usize, lines: &[(usize, i64)]) -> Outcome {
+        if self.orders.contains_key(&order) {
+            return Outcome::Duplicate;
+        }
+        if lines.iter().any(|(_, q)| *q < 1) {
+            self.orders.insert(order, None);
+            return Outcome::Rejected(Reason::InvalidOrder);
+        }
+        let mut demand: BTreeMap<usize, u32> = BTreeMap::new();
+        for (sku, q) in lines {
+            *demand.entry(*sku).or_default() += *q as u32;
+        }
+        let limited = demand.get(&LIMIT_SKU).copied().unwrap_or(0);
+        let outcome = if limited > 0 && self.held.get(&(customer, LIMIT_SKU)).copied().unwrap_or(0) + limited > LIMIT {
+            Outcome::Rejected(Reason::CustomerLimitExceeded)
+        } else if demand.iter().any(|(s, u)| self.stock[s] - self.reserved[s] < i64::from(*u)) {
+            Outcome::Rejected(Reason::OutOfStock)
+        } else {
+            for (s, u) in &demand {
+                *self.reserved.get_mut(s).unwrap() += i64::from(*u);
+                if *s == LIMIT_SKU {
+                    *self.held.entry((customer, *s)).or_default() += u;
+                }
+            }
+            self.orders.insert(order, Some((customer, demand)));
+            return Outcome::Accepted;
+        };
+        self.orders.insert(order, None);
+        outcome
+    }
+
+    fn cancel(&mut self, order: usize) -> Outcome {
+        match self.orders.get_mut(&order).and_then(Option::take) {
+            Some((customer, demand)) => {
+                for (s, u) in demand {
+                    *self.reserved.get_mut(&s).unwrap() -= i64::from(u);
+                    if s == LIMIT_SKU {
+                        *self.held.get_mut(&(customer, s)).unwrap() -= u;
+                    }
+                }
+                Outcome::Cancelled
+            }
+            None => Outcome::CancelIgnored,
+        }
+    }
+}
+
+proptest! {
+    #![proptest_config(ProptestConfig::with_cases(256))]
+
+    #[test]
+    fn engine_matches_model(initial in prop::collection::vec(0..8i64, 3), ops in prop::collection::vec(op(), 1..120)) {
+        let engine = engine_with(&[]);
+        let mut model = Model::default();
+        for (i, units) in initial.iter().enumerate() {
+            let limit = (i == LIMIT_SKU).then_some(LIMIT);
+            engine.inventory().apply(&stock_set(SKUS[i], *units, limit));
+            model.stock.insert(i, *units);
+            model.reserved.insert(i, 0);
+        }
+        let mut books: Vec<OrderBook> = (0..SHARDS).map(|_| OrderBook::new(1_000)).collect();
+        let mut decisions: HashMap<String, usize> = HashMap::new();
+        for op in &ops {
+            match op {
+                Op::Place { order, customer, lines } => {
+                    let id = format!("o-{order}");
+                    let named: Vec<(&str, i64)> = lines.iter().map(|(s, q)| (SKUS[*s], *q)).collect();
+                    let (got, out) = run(&engine, &mut books[order % SHARDS], &id, &order_json(&id, &format!("c-{customer}"), &named));
+                    let want = model.place(*order, *customer, lines);
+                    prop_assert_eq!(got, want, "{:?}", op);
+                    for status in statuses(&out) {
+                        prop_assert!(status.status != Status::Cancelled);
+                        *decisions.entry(status.order_id).or_default() += 1;
+                    }
+                }
+                Op::Cancel { order } => {
+                    let id = format!("o-{order}");
+                    let (got, _) = run(&engine, &mut books[order % SHARDS], &id, &cancel_json(&id));
+                    prop_assert_eq!(got, model.cancel(*order), "{:?}", op);
+                }
+                Op::Restock { sku, delta } => {
+                    // Never below zero stock here: a negative adjustment below
+                    // what is sold is an operator's oversell, tested apart.
+                    let delta = (*delta).max(model.reserved[sku] - model.stock[sku]);
+                    engine.inventory().apply(&InventoryEvent::StockAdjusted { sku: SKUS[*sku].into(), delta });
+                    *model.stock.get_mut(sku).unwrap() += delta;
+                }
+            }
+            for (i, sku) in SKUS.iter().enumerate() {
+                let state = engine.inventory().get(sku).unwrap();
+                prop_assert!(state.reserved <= state.stock, "oversold {}", sku);
+                prop_assert_eq!(state.reserved, model.reserved[&i]);
+            }
+        }
+        prop_assert!(decisions.values().all(|n| *n == 1), "an order got two decisions");
+        prop_assert_eq!(decisions.len(), model.orders.len(), "every placed order got one decision");
+    }
+}

@@ -1,0 +1,68 @@
+//! The Kafka layer: translates records into calls on the engine and
+//! outcomes back into records. Nothing about orders is decided here.
+//!
+//! - [`source`]: the `orders` consumer; routes each partition to one shard,
+//!   stores offsets only once their outputs are acknowledged.
+//! - [`worker`]: a shard thread running the engine over its records.
+//! - [`inventory_feed`]: reads `inventory` to its end before orders are
+//!   decided, then keeps the cache current.
+//! - [`sink`]: the producer, with delivery tracking and redelivery.
+//! - [`tracker`]: which consumed offsets are safe to commit.
+
+pub mod inventory_feed;
+pub mod sink;
+pub mod source;
+pub mod tracker;
+pub mod worker;
+
+use crate::config::KafkaConfig;
+use rdkafka::ClientConfig;
+use std::time::Duration;
+
+/// How long metadata and watermark requests may take at start-up.
+pub const METADATA_TIMEOUT: Duration = Duration::from_secs(10);
+/// How often librdkafka reports statistics (consumer lag).
+pub const STATISTICS_INTERVAL_MS: &str = "1000";
+
+/// Errors of the Kafka layer that stop the processor from starting.
+#[derive(Debug, thiserror::Error)]
+pub enum StartError {
+    #[error("topic {topic:?} does not exist on {brokers} (create it with explicit partition counts)")]
+    TopicMissing { topic: String, brokers: String },
+    #[error("kafka client: {0}")]
+    Kafka(#[from] rdkafka::error::KafkaError),
+}
+
+fn base_config(kafka: &KafkaConfig) -> ClientConfig {
+    let mut config = ClientConfig::new();
+    config.set("bootstrap.servers", &kafka.brokers);
+    for (key, value) in &kafka.properties {
+        config.set(key, value);
+    }
+    config
+}
+
+/// Config for consumers in the processor's group. The settings that
+/// correctness depends on (manual offset store) are applied last.
+pub fn consumer_config(kafka: &KafkaConfig, group_id: &str) -> ClientConfig {
+    let mut config = base_config(kafka);
+    config
+        .set("group.id", group_id)
+        .set("auto.offset.reset", &kafka.auto_offset_reset)
+        .set("session.timeout.ms", kafka.session_timeout_ms.to_string())
+        .set("statistics.interval.ms", STATISTICS_INTERVAL_MS);
+    for (key, value) in &kafka.consumer {
+        config.set(key, value);
+    }
+    config.set("enable.auto.commit", "true").set("enable.auto.offset.store", "false");
+    config
+}
+
+/// Config for the output producer.
+pub fn producer_config(kafka: &KafkaConfig) -> ClientConfig {
+    let mut config = base_config(kafka);
+    for (key, value) in &kafka.producer {
+        config.set(key, value);
+    }
+    config
+}

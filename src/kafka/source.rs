@@ -1,0 +1,219 @@
+//! The `orders` consumer.
+//!
+//! One consumer in the group reads every assigned partition and routes each
+//! record to shard `partition % shards`, so a partition (and therefore an
+//! order) always has one owner. Shard queues are bounded: when a shard falls
+//! behind, the consumer waits, and the broker holds the backlog.
+//!
+//! Offsets are stored for commit only up to the oldest record whose outputs
+//! are not yet acknowledged (see [`OffsetTracker`]); librdkafka commits the
+//! stored offsets in the background. Before partitions are revoked in a
+//! rebalance, the consumer waits until what it dispatched for them is
+//! delivered and commits it, so the next owner starts where this one ended.
+
+use super::tracker::OffsetTracker;
+use crate::shutdown::Shutdown;
+use crate::telemetry;
+use crossbeam_channel::{SendTimeoutError, Sender};
+use parking_lot::Mutex;
+use rdkafka::consumer::{BaseConsumer, CommitMode, Consumer, ConsumerContext, Rebalance};
+use rdkafka::error::KafkaError;
+use rdkafka::message::Message;
+use rdkafka::statistics::Statistics;
+use rdkafka::topic_partition_list::{Offset, TopicPartitionList};
+use rdkafka::ClientContext;
+use std::collections::HashMap;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+/// How long one poll waits for a record before checking for shutdown.
+const POLL_TIMEOUT: Duration = Duration::from_millis(100);
+/// How long a full shard queue is waited on before checking for shutdown.
+const DISPATCH_RETRY: Duration = Duration::from_millis(100);
+/// How often a revoke waits between looking at delivery progress.
+const DRAIN_POLL: Duration = Duration::from_millis(5);
+
+/// One consumed record, owned, on its way to a shard.
+#[derive(Debug)]
+pub struct Record {
+    pub partition: i32,
+    pub offset: i64,
+    pub key: Option<Vec<u8>>,
+    pub value: Option<Vec<u8>>,
+    pub received: Instant,
+}
+
+/// State shared by the poll loop and the rebalance callbacks.
+pub struct SourceShared {
+    pub topic: String,
+    pub tracker: Arc<OffsetTracker>,
+    /// Highest offset dispatched to a shard, per partition.
+    dispatched: Mutex<HashMap<i32, i64>>,
+    /// How long a revoke waits for in-flight outputs.
+    drain_timeout: Duration,
+}
+
+impl SourceShared {
+    pub fn new(topic: String, tracker: Arc<OffsetTracker>, drain_timeout: Duration) -> Self {
+        SourceShared { topic, tracker, dispatched: Mutex::new(HashMap::new()), drain_timeout }
+    }
+
+    /// Offsets safe to commit for the given partitions (all known if `None`).
+    fn committable(&self, only: Option<&[i32]>) -> TopicPartitionList {
+        let dispatched = self.dispatched.lock();
+        let mut tpl = TopicPartitionList::new();
+        for partition in dispatched.keys() {
+            if only.is_some_and(|only| !only.contains(partition)) {
+                continue;
+            }
+            if let Some(offset) = self.tracker.committable(*partition) {
+                let _ = tpl.add_partition_offset(&self.topic, *partition, Offset::Offset(offset));
+            }
+        }
+        tpl
+    }
+
+    /// Waits until every dispatched record of `partitions` has its outputs
+    /// acknowledged, or the drain timeout passes. Returns whether it drained.
+    fn drain(&self, partitions: &[i32]) -> bool {
+        let deadline = Instant::now() + self.drain_timeout;
+        loop {
+            let done = {
+                let dispatched = self.dispatched.lock();
+                partitions.iter().all(|p| match dispatched.get(p) {
+                    Some(last) => self.tracker.committable(*p).is_some_and(|next| next > *last),
+                    None => true,
+                })
+            };
+            if done {
+                return true;
+            }
+            if Instant::now() >= deadline {
+                return false;
+            }
+            std::thread::sleep(DRAIN_POLL);
+        }
+    }
+
+    fn forget(&self, partitions: &[i32]) {
+        let mut dispatched = self.dispatched.lock();
+        for p in partitions {
+            dispatched.remove(p);
+            self.tracker.forget(*p);
+        }
+    }
+}
+
+pub struct SourceContext {
+    pub shared: Arc<SourceShared>,
+}
+
+impl ClientContext for SourceContext {
+    fn stats(&self, statistics: Statistics) {
+        let Some(topic) = statistics.topics.get(&self.shared.topic) else { return };
+        for (partition, stats) in &topic.partitions {
+            if *partition >= 0 && stats.consumer_lag >= 0 {
+                telemetry::consumer_lag(*partition, stats.consumer_lag);
+            }
+        }
+    }
+
+    fn error(&self, error: KafkaError, reason: &str) {
+        telemetry::kafka_error(super::sink::error_kind(&error), reason);
+    }
+}
+
+impl ConsumerContext for SourceContext {
+    fn pre_rebalance(&self, consumer: &BaseConsumer<Self>, rebalance: &Rebalance<'_>) {
+        let Rebalance::Revoke(revoked) = rebalance else { return };
+        let partitions: Vec<i32> = revoked
+            .elements_for_topic(&self.shared.topic)
+            .iter()
+            .map(|element| element.partition())
+            .collect();
+        if partitions.is_empty() {
+            return;
+        }
+        if !self.shared.drain(&partitions) {
+            tracing::warn!(?partitions, "revoked partitions still had undelivered outputs; committing what is done");
+        }
+        let tpl = self.shared.committable(Some(&partitions));
+        if tpl.count() > 0 {
+            if let Err(e) = consumer.commit(&tpl, CommitMode::Sync) {
+                telemetry::kafka_error("commit", &e.to_string());
+            }
+        }
+        self.shared.forget(&partitions);
+        tracing::info!(?partitions, "partitions revoked");
+    }
+
+    fn post_rebalance(&self, _consumer: &BaseConsumer<Self>, rebalance: &Rebalance<'_>) {
+        if let Rebalance::Assign(assigned) = rebalance {
+            let partitions: Vec<i32> = assigned.elements().iter().map(|e| e.partition()).collect();
+            tracing::info!(?partitions, "partitions assigned");
+        }
+    }
+}
+
+/// Polls `orders` and dispatches records to shards until shutdown.
+pub fn run(consumer: &BaseConsumer<SourceContext>, shards: &[Sender<Record>], shutdown: &Shutdown, commit_interval: Duration) {
+    let shared = consumer.context().shared.clone();
+    let mut last_store = Instant::now();
+    while !shutdown.is_triggered() {
+        match consumer.poll(POLL_TIMEOUT) {
+            Some(Ok(message)) => {
+                let record = Record {
+                    partition: message.partition(),
+                    offset: message.offset(),
+                    key: message.key().map(<[u8]>::to_vec),
+                    value: message.payload().map(<[u8]>::to_vec),
+                    received: Instant::now(),
+                };
+                shared.dispatched.lock().insert(record.partition, record.offset);
+                let shard = &shards[record.partition as usize % shards.len()];
+                if !dispatch(shard, record, shutdown) {
+                    break;
+                }
+            }
+            Some(Err(error)) => telemetry::kafka_error(super::sink::error_kind(&error), &error.to_string()),
+            None => {}
+        }
+        if last_store.elapsed() >= commit_interval {
+            store_offsets(consumer);
+            last_store = Instant::now();
+        }
+    }
+}
+
+/// Sends a record to its shard, waiting while the queue is full. Returns
+/// false if shutdown came first (the record is then not committed).
+fn dispatch(shard: &Sender<Record>, mut record: Record, shutdown: &Shutdown) -> bool {
+    loop {
+        match shard.send_timeout(record, DISPATCH_RETRY) {
+            Ok(()) => return true,
+            Err(SendTimeoutError::Timeout(back)) if !shutdown.is_triggered() => record = back,
+            Err(_) => return false,
+        }
+    }
+}
+
+/// Stores committable offsets of every partition; librdkafka commits them.
+pub fn store_offsets(consumer: &BaseConsumer<SourceContext>) {
+    let tpl = consumer.context().shared.committable(None);
+    if tpl.count() > 0 {
+        if let Err(e) = consumer.store_offsets(&tpl) {
+            // Partitions revoked a moment ago can no longer be stored.
+            tracing::debug!(error = %e, "storing offsets");
+        }
+    }
+}
+
+/// Final commit at shutdown, after shards finished and outputs flushed.
+pub fn commit_final(consumer: &BaseConsumer<SourceContext>) {
+    let tpl = consumer.context().shared.committable(None);
+    if tpl.count() > 0 {
+        if let Err(e) = consumer.commit(&tpl, CommitMode::Sync) {
+            telemetry::kafka_error("commit", &e.to_string());
+        }
+    }
+}

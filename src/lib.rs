@@ -1,0 +1,25 @@
+//! orderflow: a high-throughput order processor for flash sales.
+//!
+//! A tour, in the direction data flows:
+//!
+//! - [`config`]: one typed `Config`, from `config/default.toml`, a file,
+//!   `ORDERFLOW__SECTION__KEY` environment variables and flags.
+//! - [`order`]: the contract's wire types, decoding of raw records,
+//!   validation rules and output events. Pure: no Kafka, no I/O.
+//! - [`inventory`]: the stock cache shared by all shards; reservations are
+//!   all-or-nothing and can never oversell.
+//! - [`engine`]: one record in, an outcome and output events out, with the
+//!   per-partition order book that dedups and remembers accepted orders.
+//! - [`kafka`]: the source (consumer, inventory feed), the shards that run
+//!   the engine, and the sink (producer with delivery tracking, DLQ).
+//! - [`telemetry`]: every metric name, help text and bucket in one place.
+//! - [`app`]: wires it all together for `orderflow run`.
+
+pub mod app;
+pub mod config;
+pub mod engine;
+pub mod inventory;
+pub mod kafka;
+pub mod order;
+pub mod shutdown;
+pub mod telemetry;
