@@ -21,8 +21,14 @@ const GAUGE_INTERVAL: Duration = Duration::from_secs(1);
 pub fn init_logging(log: &LogConfig) {
     let filter = tracing_subscriber::EnvFilter::try_from_default_env()
         .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new(&log.level));
-    let builder = tracing_subscriber::fmt().with_env_filter(filter).with_writer(std::io::stderr);
-    let _ = if log.format == "json" { builder.json().try_init() } else { builder.try_init() };
+    let builder = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr);
+    let _ = if log.format == "json" {
+        builder.json().try_init()
+    } else {
+        builder.try_init()
+    };
 }
 
 /// Installs the Prometheus recorder and serves `/metrics`. Call inside a
@@ -32,7 +38,8 @@ pub fn serve_metrics(metrics: &MetricsConfig) -> anyhow::Result<Option<Prometheu
         return Ok(None);
     }
     let listen = metrics.listen.parse().context("metrics.listen")?;
-    let handle = telemetry::install(listen).with_context(|| format!("serving metrics on {listen}"))?;
+    let handle =
+        telemetry::install(listen).with_context(|| format!("serving metrics on {listen}"))?;
     telemetry::init_series();
     tracing::info!(%listen, "metrics at http://{listen}/metrics");
     Ok(Some(handle))
@@ -60,7 +67,10 @@ pub async fn shutdown_on_signal(shutdown: Shutdown) {
 /// records, flushes outputs and commits offsets.
 pub fn run(config: Config, shutdown: Shutdown) -> anyhow::Result<()> {
     let tracker = Arc::new(OffsetTracker::new());
-    let sink = Arc::new(Sink::new(kafka::producer_config(&config.kafka), tracker.clone()).context("creating the producer")?);
+    let sink = Arc::new(
+        Sink::new(kafka::producer_config(&config.kafka), tracker.clone())
+            .context("creating the producer")?,
+    );
     let inventory = Arc::new(Inventory::new());
     let feed = inventory_feed::start(&config, inventory.clone(), sink.clone(), shutdown.clone())
         .context("reading the inventory topic")?;
@@ -71,10 +81,13 @@ pub fn run(config: Config, shutdown: Shutdown) -> anyhow::Result<()> {
         tracker.clone(),
         Duration::from_millis(config.engine.shutdown_timeout_ms),
     ));
-    let consumer: BaseConsumer<SourceContext> = kafka::consumer_config(&config.kafka, &config.kafka.group_id)
-        .create_with_context(SourceContext { shared })
-        .context("creating the orders consumer")?;
-    consumer.subscribe(&[&config.topics.orders]).context("subscribing to the orders topic")?;
+    let consumer: BaseConsumer<SourceContext> =
+        kafka::consumer_config(&config.kafka, &config.kafka.group_id)
+            .create_with_context(SourceContext { shared })
+            .context("creating the orders consumer")?;
+    consumer
+        .subscribe(&[&config.topics.orders])
+        .context("subscribing to the orders topic")?;
 
     let mut queues = Vec::new();
     let mut shards = Vec::new();
@@ -89,12 +102,26 @@ pub fn run(config: Config, shutdown: Shutdown) -> anyhow::Result<()> {
             dedup_window_orders: config.engine.dedup_window_orders,
         };
         queues.push(tx);
-        shards.push(std::thread::Builder::new().name(format!("shard-{id}")).spawn(move || shard.run(rx))?);
+        shards.push(
+            std::thread::Builder::new()
+                .name(format!("shard-{id}"))
+                .spawn(move || shard.run(rx))?,
+        );
     }
-    let gauges = spawn_gauges(inventory, tracker.clone(), config.metrics.watched_skus.clone(), shutdown.clone());
+    let gauges = spawn_gauges(
+        inventory,
+        tracker.clone(),
+        config.metrics.watched_skus.clone(),
+        shutdown.clone(),
+    );
     tracing::info!(shards = config.engine.shards, brokers = %config.kafka.brokers, "processing orders");
 
-    source::run(&consumer, &queues, &shutdown, Duration::from_millis(config.engine.commit_interval_ms));
+    source::run(
+        &consumer,
+        &queues,
+        &shutdown,
+        Duration::from_millis(config.engine.commit_interval_ms),
+    );
 
     // Shutdown: no new records; shards finish their queues; outputs are
     // flushed; only then are the offsets of delivered work committed.
@@ -129,7 +156,11 @@ fn spawn_gauges(
                     .iter()
                     .filter_map(|sku| inventory.get(sku).map(|s| (sku.clone(), s.available())))
                     .collect();
-                telemetry::inventory_levels(inventory.sku_count(), inventory.oversold_units(), &levels);
+                telemetry::inventory_levels(
+                    inventory.sku_count(),
+                    inventory.oversold_units(),
+                    &levels,
+                );
                 telemetry::outputs_pending(tracker.pending_outputs());
                 next = Instant::now() + GAUGE_INTERVAL;
             }

@@ -146,8 +146,14 @@ pub struct Layers {
 impl Layers {
     /// The built-in defaults.
     pub fn defaults() -> Self {
-        let table: Table = DEFAULT_TOML.parse().expect("config/default.toml is valid TOML");
-        let mut layers = Layers { table: Table::new(), sources: BTreeMap::new(), errors: Vec::new() };
+        let table: Table = DEFAULT_TOML
+            .parse()
+            .expect("config/default.toml is valid TOML");
+        let mut layers = Layers {
+            table: Table::new(),
+            sources: BTreeMap::new(),
+            errors: Vec::new(),
+        };
         layers.merge(table, &Source::Default);
         layers
     }
@@ -160,19 +166,31 @@ impl Layers {
             .and_then(|text| text.parse::<Table>().map_err(|e| e.to_string()));
         match parsed {
             Ok(table) => self.merge(table, &source),
-            Err(message) => self.errors.push(ConfigError { key: "(file)".into(), message, source: Some(source) }),
+            Err(message) => self.errors.push(ConfigError {
+                key: "(file)".into(),
+                message,
+                source: Some(source),
+            }),
         }
     }
 
     /// Applies `ORDERFLOW__SECTION__KEY=value` variables from `vars`.
     pub fn env(&mut self, vars: impl IntoIterator<Item = (String, String)>) {
-        let mut vars: Vec<_> = vars.into_iter().filter(|(name, _)| name.starts_with(ENV_PREFIX)).collect();
+        let mut vars: Vec<_> = vars
+            .into_iter()
+            .filter(|(name, _)| name.starts_with(ENV_PREFIX))
+            .collect();
         vars.sort();
         for (name, value) in vars {
-            let parts: Vec<String> =
-                name[ENV_PREFIX.len()..].split("__").map(|part| part.to_ascii_lowercase()).collect();
+            let parts: Vec<String> = name[ENV_PREFIX.len()..]
+                .split("__")
+                .map(|part| part.to_ascii_lowercase())
+                .collect();
             let mut key = parts.join(".");
-            if let Some(map) = PROPERTY_MAPS.iter().find(|map| key.starts_with(&format!("{map}."))) {
+            if let Some(map) = PROPERTY_MAPS
+                .iter()
+                .find(|map| key.starts_with(&format!("{map}.")))
+            {
                 // librdkafka property names use dots, which env names cannot.
                 key = format!("{map}.{}", key[map.len() + 1..].replace('_', "."));
             }
@@ -197,7 +215,9 @@ impl Layers {
     pub fn set(&mut self, key: &str, text: &str, source: Source) {
         let existing = lookup(&self.table, key);
         let value = match existing {
-            Some(Value::String(_)) | None if !text.starts_with('[') => Value::String(text.to_string()),
+            Some(Value::String(_)) | None if !text.starts_with('[') => {
+                Value::String(text.to_string())
+            }
             _ => match format!("v = {text}").parse::<Table>() {
                 Ok(mut t) => t.remove("v").unwrap_or(Value::String(text.to_string())),
                 Err(_) => Value::String(text.to_string()),
@@ -220,12 +240,21 @@ impl Layers {
     /// every value's range. Returns all errors found, not just the first.
     pub fn build(self) -> Result<Config, ConfigErrors> {
         let mut errors = self.errors.clone();
-        let reference: Table = DEFAULT_TOML.parse().expect("config/default.toml is valid TOML");
+        let reference: Table = DEFAULT_TOML
+            .parse()
+            .expect("config/default.toml is valid TOML");
         for (key, source) in &self.sources {
             let value = lookup(&self.table, key).expect("every source names a leaf");
-            if PROPERTY_MAPS.iter().any(|map| key.starts_with(&format!("{map}."))) {
+            if PROPERTY_MAPS
+                .iter()
+                .any(|map| key.starts_with(&format!("{map}.")))
+            {
                 if !value.is_str() {
-                    errors.push(error(key, "librdkafka properties are strings; quote the value", source));
+                    errors.push(error(
+                        key,
+                        "librdkafka properties are strings; quote the value",
+                        source,
+                    ));
                 }
                 continue;
             }
@@ -233,7 +262,11 @@ impl Layers {
                 None => errors.push(error(key, "unknown key", source)),
                 Some(expected) if expected.type_str() != value.type_str() => errors.push(error(
                     key,
-                    &format!("expected {}, found {}", expected.type_str(), value.type_str()),
+                    &format!(
+                        "expected {}, found {}",
+                        expected.type_str(),
+                        value.type_str()
+                    ),
                     source,
                 )),
                 Some(_) => {}
@@ -245,13 +278,21 @@ impl Layers {
         let config: Config = match Value::Table(self.table.clone()).try_into() {
             Ok(config) => config,
             Err(e) => {
-                return Err(ConfigErrors(vec![ConfigError { key: "(config)".into(), message: e.to_string(), source: None }]))
+                return Err(ConfigErrors(vec![ConfigError {
+                    key: "(config)".into(),
+                    message: e.to_string(),
+                    source: None,
+                }]))
             }
         };
         let errors: Vec<ConfigError> = config
             .range_errors()
             .into_iter()
-            .map(|(key, message)| ConfigError { source: self.source_of(&key), key, message })
+            .map(|(key, message)| ConfigError {
+                source: self.source_of(&key),
+                key,
+                message,
+            })
             .collect();
         if errors.is_empty() {
             Ok(config)
@@ -262,12 +303,19 @@ impl Layers {
 }
 
 fn error(key: &str, message: &str, source: &Source) -> ConfigError {
-    ConfigError { key: key.to_string(), message: message.to_string(), source: Some(source.clone()) }
+    ConfigError {
+        key: key.to_string(),
+        message: message.to_string(),
+        source: Some(source.clone()),
+    }
 }
 
 fn lookup<'a>(table: &'a Table, key: &str) -> Option<&'a Value> {
     // Property names contain dots themselves: match the map prefix first.
-    if let Some(map) = PROPERTY_MAPS.iter().find(|map| key.starts_with(&format!("{map}."))) {
+    if let Some(map) = PROPERTY_MAPS
+        .iter()
+        .find(|map| key.starts_with(&format!("{map}.")))
+    {
         let (section, name) = map.split_once('.').expect("maps are section.name");
         return table.get(section)?.get(name)?.get(&key[map.len() + 1..]);
     }
@@ -280,15 +328,17 @@ fn lookup<'a>(table: &'a Table, key: &str) -> Option<&'a Value> {
 }
 
 fn insert_path(table: &mut Table, key: &str, value: Value) {
-    let (path, leaf): (Vec<&str>, &str) =
-        match PROPERTY_MAPS.iter().find(|map| key.starts_with(&format!("{map}."))) {
-            Some(map) => (map.split('.').collect(), &key[map.len() + 1..]),
-            None => {
-                let mut parts: Vec<&str> = key.split('.').collect();
-                let leaf = parts.pop().unwrap_or_default();
-                (parts, leaf)
-            }
-        };
+    let (path, leaf): (Vec<&str>, &str) = match PROPERTY_MAPS
+        .iter()
+        .find(|map| key.starts_with(&format!("{map}.")))
+    {
+        Some(map) => (map.split('.').collect(), &key[map.len() + 1..]),
+        None => {
+            let mut parts: Vec<&str> = key.split('.').collect();
+            let leaf = parts.pop().unwrap_or_default();
+            (parts, leaf)
+        }
+    };
     let mut current = table;
     for part in path {
         current = current
@@ -300,9 +350,19 @@ fn insert_path(table: &mut Table, key: &str, value: Value) {
     current.insert(leaf.to_string(), value);
 }
 
-fn merge_into(base: &mut Table, other: Table, prefix: &str, source: &Source, sources: &mut BTreeMap<String, Source>) {
+fn merge_into(
+    base: &mut Table,
+    other: Table,
+    prefix: &str,
+    source: &Source,
+    sources: &mut BTreeMap<String, Source>,
+) {
     for (name, value) in other {
-        let key = if prefix.is_empty() { name.clone() } else { format!("{prefix}.{name}") };
+        let key = if prefix.is_empty() {
+            name.clone()
+        } else {
+            format!("{prefix}.{name}")
+        };
         match (base.get_mut(&name), value) {
             (Some(Value::Table(existing)), Value::Table(incoming)) => {
                 merge_into(existing, incoming, &key, source, sources)
@@ -336,7 +396,9 @@ impl Config {
 
     /// The built-in defaults alone (tests, demo).
     pub fn defaults() -> Config {
-        Layers::defaults().build().expect("the built-in defaults are valid")
+        Layers::defaults()
+            .build()
+            .expect("the built-in defaults are valid")
     }
 
     /// Range checks, as (key, message) pairs.
@@ -347,8 +409,16 @@ impl Config {
                 errors.push((key.to_string(), message.to_string()));
             }
         };
-        check(!self.kafka.brokers.trim().is_empty(), "kafka.brokers", "must name at least one host:port");
-        check(!self.kafka.group_id.is_empty(), "kafka.group_id", "must not be empty");
+        check(
+            !self.kafka.brokers.trim().is_empty(),
+            "kafka.brokers",
+            "must name at least one host:port",
+        );
+        check(
+            !self.kafka.group_id.is_empty(),
+            "kafka.group_id",
+            "must not be empty",
+        );
         check(
             ["earliest", "latest"].contains(&self.kafka.auto_offset_reset.as_str()),
             "kafka.auto_offset_reset",
@@ -363,20 +433,64 @@ impl Config {
         ];
         for (i, (key, name)) in topics.iter().enumerate() {
             check(!name.is_empty(), key, "must not be empty");
-            check(!topics[..i].iter().any(|(_, other)| other == name), key, "must differ from the other topics");
+            check(
+                !topics[..i].iter().any(|(_, other)| other == name),
+                key,
+                "must differ from the other topics",
+            );
         }
-        check((1..=1024).contains(&self.engine.shards), "engine.shards", "must be 1 to 1024");
-        check(self.engine.shard_queue_records >= 1, "engine.shard_queue_records", "must be at least 1");
-        check(self.engine.dedup_window_orders >= 1, "engine.dedup_window_orders", "must be at least 1");
-        check(self.engine.commit_interval_ms >= 1, "engine.commit_interval_ms", "must be at least 1");
+        check(
+            (1..=1024).contains(&self.engine.shards),
+            "engine.shards",
+            "must be 1 to 1024",
+        );
+        check(
+            self.engine.shard_queue_records >= 1,
+            "engine.shard_queue_records",
+            "must be at least 1",
+        );
+        check(
+            self.engine.dedup_window_orders >= 1,
+            "engine.dedup_window_orders",
+            "must be at least 1",
+        );
+        check(
+            self.engine.commit_interval_ms >= 1,
+            "engine.commit_interval_ms",
+            "must be at least 1",
+        );
         let l = &self.limits;
-        check(l.max_record_bytes >= 64, "limits.max_record_bytes", "must be at least 64");
+        check(
+            l.max_record_bytes >= 64,
+            "limits.max_record_bytes",
+            "must be at least 64",
+        );
         check(l.max_lines >= 1, "limits.max_lines", "must be at least 1");
-        check(l.max_quantity >= 1, "limits.max_quantity", "must be at least 1");
-        check(l.max_text_chars >= 1, "limits.max_text_chars", "must be at least 1");
-        check(l.max_addresses >= 1, "limits.max_addresses", "must be at least 1");
-        check(l.max_payments >= 1, "limits.max_payments", "must be at least 1");
-        check(!l.payment_methods.is_empty(), "limits.payment_methods", "must name at least one method");
+        check(
+            l.max_quantity >= 1,
+            "limits.max_quantity",
+            "must be at least 1",
+        );
+        check(
+            l.max_text_chars >= 1,
+            "limits.max_text_chars",
+            "must be at least 1",
+        );
+        check(
+            l.max_addresses >= 1,
+            "limits.max_addresses",
+            "must be at least 1",
+        );
+        check(
+            l.max_payments >= 1,
+            "limits.max_payments",
+            "must be at least 1",
+        );
+        check(
+            !l.payment_methods.is_empty(),
+            "limits.payment_methods",
+            "must name at least one method",
+        );
         if self.metrics.enabled {
             check(
                 self.metrics.listen.parse::<SocketAddr>().is_ok(),
@@ -389,7 +503,11 @@ impl Config {
             "log.level",
             "must be a tracing filter such as \"info\" or \"orderflow=debug\"",
         );
-        check(["text", "json"].contains(&self.log.format.as_str()), "log.format", "must be \"text\" or \"json\"");
+        check(
+            ["text", "json"].contains(&self.log.format.as_str()),
+            "log.format",
+            "must be \"text\" or \"json\"",
+        );
         errors
     }
 
@@ -404,7 +522,10 @@ mod tests {
     use super::*;
 
     fn env(pairs: &[(&str, &str)]) -> Vec<(String, String)> {
-        pairs.iter().map(|(k, v)| (k.to_string(), v.to_string())).collect()
+        pairs
+            .iter()
+            .map(|(k, v)| (k.to_string(), v.to_string()))
+            .collect()
     }
 
     #[test]
@@ -423,7 +544,10 @@ mod tests {
             ("ORDERFLOW__KAFKA__BROKERS", "b1:9092,b2:9092"),
             ("ORDERFLOW__ENGINE__SHARDS", "4"),
             ("ORDERFLOW__KAFKA__GROUP_ID", "123"),
-            ("ORDERFLOW__KAFKA__PROPERTIES__SECURITY_PROTOCOL", "SASL_SSL"),
+            (
+                "ORDERFLOW__KAFKA__PROPERTIES__SECURITY_PROTOCOL",
+                "SASL_SSL",
+            ),
             ("OTHER", "x"),
         ]));
         layers.flag("engine.shards=8");
@@ -439,13 +563,21 @@ mod tests {
         let dir = std::env::temp_dir().join(format!("orderflow-config-{}", std::process::id()));
         std::fs::create_dir_all(&dir).unwrap();
         let file = dir.join("bad.toml");
-        std::fs::write(&file, "[engine]\nshards = 0\nturbo = true\n[metrics]\nlisten = \"nowhere\"\n").unwrap();
+        std::fs::write(
+            &file,
+            "[engine]\nshards = 0\nturbo = true\n[metrics]\nlisten = \"nowhere\"\n",
+        )
+        .unwrap();
         let mut layers = Layers::defaults();
         layers.file(&file);
         layers.env(env(&[("ORDERFLOW__LIMITS__MAX_LINES", "many")]));
         let errors = layers.build().unwrap_err().0;
         let text: Vec<String> = errors.iter().map(|e| e.to_string()).collect();
-        assert!(text.iter().any(|e| e.starts_with("engine.turbo: unknown key (from file")), "{text:?}");
+        assert!(
+            text.iter()
+                .any(|e| e.starts_with("engine.turbo: unknown key (from file")),
+            "{text:?}"
+        );
         assert!(
             text.iter().any(|e| e.contains("limits.max_lines: expected integer, found string (from environment variable ORDERFLOW__LIMITS__MAX_LINES)")),
             "{text:?}"
@@ -456,13 +588,29 @@ mod tests {
         layers.flag("engine.turbo=");
         let errors = layers.build().unwrap_err().0;
         assert!(errors.iter().any(|e| e.key == "engine.turbo"));
-        std::fs::write(&file, "[engine]\nshards = 0\n[metrics]\nlisten = \"nowhere\"\n").unwrap();
+        std::fs::write(
+            &file,
+            "[engine]\nshards = 0\n[metrics]\nlisten = \"nowhere\"\n",
+        )
+        .unwrap();
         let mut layers = Layers::defaults();
         layers.file(&file);
-        let text: Vec<String> = layers.build().unwrap_err().0.iter().map(|e| e.to_string()).collect();
+        let text: Vec<String> = layers
+            .build()
+            .unwrap_err()
+            .0
+            .iter()
+            .map(|e| e.to_string())
+            .collect();
         assert_eq!(text.len(), 2, "{text:?}");
-        assert!(text[0].starts_with("engine.shards: must be 1 to 1024 (from file"), "{text:?}");
-        assert!(text[1].starts_with("metrics.listen: must be an IP:port"), "{text:?}");
+        assert!(
+            text[0].starts_with("engine.shards: must be 1 to 1024 (from file"),
+            "{text:?}"
+        );
+        assert!(
+            text[1].starts_with("metrics.listen: must be an IP:port"),
+            "{text:?}"
+        );
     }
 
     #[test]
@@ -470,6 +618,9 @@ mod tests {
         let mut layers = Layers::defaults();
         layers.file(Path::new("/nonexistent/orderflow.toml"));
         let errors = layers.build().unwrap_err();
-        assert!(errors.to_string().contains("/nonexistent/orderflow.toml"), "{errors}");
+        assert!(
+            errors.to_string().contains("/nonexistent/orderflow.toml"),
+            "{errors}"
+        );
     }
 }

@@ -8,7 +8,11 @@ use std::path::PathBuf;
 use std::process::ExitCode;
 
 #[derive(Parser)]
-#[command(name = "orderflow", version, about = "High-throughput order processor for flash sales, on Kafka")]
+#[command(
+    name = "orderflow",
+    version,
+    about = "High-throughput order processor for flash sales, on Kafka"
+)]
 struct Cli {
     #[command(subcommand)]
     command: Command,

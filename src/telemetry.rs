@@ -10,7 +10,10 @@
 use crate::engine::Outcome;
 use crate::order::decode::DlqReason;
 use crate::order::Reason;
-use metrics::{counter, describe_counter, describe_gauge, describe_histogram, gauge, histogram, Counter, Histogram, Unit};
+use metrics::{
+    counter, describe_counter, describe_gauge, describe_histogram, gauge, histogram, Counter,
+    Histogram, Unit,
+};
 use metrics_exporter_prometheus::{Matcher, PrometheusBuilder, PrometheusHandle};
 use std::net::SocketAddr;
 use std::sync::OnceLock;
@@ -36,23 +39,33 @@ pub const BUILD_INFO: &str = "orderflow_build_info";
 /// placed → decision. A flash sale's orders are decided within
 /// milliseconds when healthy and seconds when lagging; the buckets cover
 /// 0.5 ms to 30 s so both the SLO (10 ms p99) and an incident are visible.
-pub const ORDER_LATENCY_BUCKETS: [f64; 15] =
-    [0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0];
+pub const ORDER_LATENCY_BUCKETS: [f64; 15] = [
+    0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0,
+];
 /// record received → outputs enqueued: microseconds when healthy (target
 /// p99 100 µs); up to 10 ms covers lock contention and allocation stalls.
-pub const PROCESSING_BUCKETS: [f64; 12] =
-    [1e-6, 2.5e-6, 5e-6, 1e-5, 2.5e-5, 5e-5, 1e-4, 2.5e-4, 5e-4, 1e-3, 5e-3, 1e-2];
+pub const PROCESSING_BUCKETS: [f64; 12] = [
+    1e-6, 2.5e-6, 5e-6, 1e-5, 2.5e-5, 5e-5, 1e-4, 2.5e-4, 5e-4, 1e-3, 5e-3, 1e-2,
+];
 
 /// Outcome label values of `orderflow_orders_total`.
 pub const OUTCOMES: [&str; 5] = ["accepted", "rejected", "cancelled", "duplicate", "dlq"];
 
 /// Installs the Prometheus recorder and serves `/metrics` on `listen`.
 /// Must be called from inside a Tokio runtime.
-pub fn install(listen: SocketAddr) -> Result<PrometheusHandle, metrics_exporter_prometheus::BuildError> {
+pub fn install(
+    listen: SocketAddr,
+) -> Result<PrometheusHandle, metrics_exporter_prometheus::BuildError> {
     let handle = PrometheusBuilder::new()
         .with_http_listener(listen)
-        .set_buckets_for_metric(Matcher::Full(ORDER_LATENCY_SECONDS.into()), &ORDER_LATENCY_BUCKETS)?
-        .set_buckets_for_metric(Matcher::Full(PROCESSING_SECONDS.into()), &PROCESSING_BUCKETS)?
+        .set_buckets_for_metric(
+            Matcher::Full(ORDER_LATENCY_SECONDS.into()),
+            &ORDER_LATENCY_BUCKETS,
+        )?
+        .set_buckets_for_metric(
+            Matcher::Full(PROCESSING_SECONDS.into()),
+            &PROCESSING_BUCKETS,
+        )?
         .install_recorder()?;
     describe();
     Ok(handle)
@@ -62,19 +75,48 @@ pub fn install(listen: SocketAddr) -> Result<PrometheusHandle, metrics_exporter_
 pub fn describe() {
     describe_counter!(ORDERS_TOTAL, "Order records processed, by outcome.");
     describe_counter!(ORDERS_REJECTED_TOTAL, "Orders rejected, by reason.");
-    describe_counter!(DLQ_TOTAL, "Records sent to the dead-letter topic, by error.");
-    describe_counter!(CANCELS_IGNORED_TOTAL, "Cancellations of unknown, rejected or cancelled orders.");
-    describe_histogram!(ORDER_LATENCY_SECONDS, Unit::Seconds, "Time from placed_at to the decision.");
-    describe_histogram!(PROCESSING_SECONDS, Unit::Seconds, "Time from record received to its outputs enqueued.");
-    describe_gauge!(INVENTORY_AVAILABLE_UNITS, "Units left for sale, for the configured watched SKUs.");
+    describe_counter!(
+        DLQ_TOTAL,
+        "Records sent to the dead-letter topic, by error."
+    );
+    describe_counter!(
+        CANCELS_IGNORED_TOTAL,
+        "Cancellations of unknown, rejected or cancelled orders."
+    );
+    describe_histogram!(
+        ORDER_LATENCY_SECONDS,
+        Unit::Seconds,
+        "Time from placed_at to the decision."
+    );
+    describe_histogram!(
+        PROCESSING_SECONDS,
+        Unit::Seconds,
+        "Time from record received to its outputs enqueued."
+    );
+    describe_gauge!(
+        INVENTORY_AVAILABLE_UNITS,
+        "Units left for sale, for the configured watched SKUs."
+    );
     describe_gauge!(INVENTORY_SKUS, "SKUs known to the inventory cache.");
-    describe_counter!(INVENTORY_EVENTS_TOTAL, "Inventory events applied or dead-lettered, by result.");
-    describe_gauge!(OVERSOLD_UNITS, "Units sold beyond stock over all SKUs. Must stay 0.");
-    describe_gauge!(CONSUMER_LAG_MESSAGES, "Records of the orders topic not yet consumed, per partition.");
+    describe_counter!(
+        INVENTORY_EVENTS_TOTAL,
+        "Inventory events applied or dead-lettered, by result."
+    );
+    describe_gauge!(
+        OVERSOLD_UNITS,
+        "Units sold beyond stock over all SKUs. Must stay 0."
+    );
+    describe_gauge!(
+        CONSUMER_LAG_MESSAGES,
+        "Records of the orders topic not yet consumed, per partition."
+    );
     describe_gauge!(SHARD_QUEUE_DEPTH, "Records waiting for a shard.");
     describe_counter!(FULFILLMENTS_TOTAL, "Fulfillment events emitted, by type.");
     describe_counter!(KAFKA_ERRORS_TOTAL, "Kafka client errors, by kind.");
-    describe_gauge!(OUTPUTS_PENDING, "Output records produced but not yet acknowledged by the broker.");
+    describe_gauge!(
+        OUTPUTS_PENDING,
+        "Output records produced but not yet acknowledged by the broker."
+    );
     describe_gauge!(BUILD_INFO, "Always 1; labelled with the version.");
     gauge!(BUILD_INFO, "version" => env!("CARGO_PKG_VERSION")).set(1.0);
 }
@@ -95,7 +137,8 @@ static HANDLES: OnceLock<Handles> = OnceLock::new();
 fn handles() -> &'static Handles {
     HANDLES.get_or_init(|| Handles {
         outcomes: OUTCOMES.map(|outcome| counter!(ORDERS_TOTAL, "outcome" => outcome)),
-        rejected: Reason::ALL.map(|reason| counter!(ORDERS_REJECTED_TOTAL, "reason" => reason.as_str())),
+        rejected: Reason::ALL
+            .map(|reason| counter!(ORDERS_REJECTED_TOTAL, "reason" => reason.as_str())),
         dlq: DlqReason::ALL.map(|reason| counter!(DLQ_TOTAL, "error" => reason.as_str())),
         cancels_ignored: counter!(CANCELS_IGNORED_TOTAL),
         latency: histogram!(ORDER_LATENCY_SECONDS),
@@ -131,8 +174,15 @@ pub fn order_processed(outcome: Outcome, latency: Option<Duration>, processing: 
         }
         Outcome::DeadLetter(reason) => {
             h.outcomes[4].increment(1);
-            h.dlq[DlqReason::ALL.iter().position(|r| *r == reason).unwrap_or(0)].increment(1);
-            tracing::warn!(error = reason.as_str(), "record sent to the dead-letter topic");
+            h.dlq[DlqReason::ALL
+                .iter()
+                .position(|r| *r == reason)
+                .unwrap_or(0)]
+            .increment(1);
+            tracing::warn!(
+                error = reason.as_str(),
+                "record sent to the dead-letter topic"
+            );
         }
     }
     if let Some(latency) = latency {
@@ -153,7 +203,10 @@ pub fn inventory_event(result: Result<(), DlqReason>) {
         Err(reason) => {
             counter!(INVENTORY_EVENTS_TOTAL, "result" => "dlq").increment(1);
             counter!(DLQ_TOTAL, "error" => reason.as_str()).increment(1);
-            tracing::warn!(error = reason.as_str(), "inventory record sent to the dead-letter topic");
+            tracing::warn!(
+                error = reason.as_str(),
+                "inventory record sent to the dead-letter topic"
+            );
         }
     }
 }

@@ -35,7 +35,12 @@ pub struct OrderBook {
 impl OrderBook {
     pub fn new(capacity: usize) -> Self {
         assert!(capacity > 0, "an order book must hold at least one order");
-        OrderBook { orders: HashMap::new(), arrival: VecDeque::new(), capacity, evicted: 0 }
+        OrderBook {
+            orders: HashMap::new(),
+            arrival: VecDeque::new(),
+            capacity,
+            evicted: 0,
+        }
     }
 
     pub fn get(&self, order_id: &str) -> Option<&OrderRecord> {
@@ -44,7 +49,10 @@ impl OrderBook {
 
     /// Remembers a newly decided order, forgetting the oldest past capacity.
     pub fn insert(&mut self, order_id: String, record: OrderRecord) {
-        debug_assert!(!self.orders.contains_key(&order_id), "an order is decided once");
+        debug_assert!(
+            !self.orders.contains_key(&order_id),
+            "an order is decided once"
+        );
         while self.arrival.len() >= self.capacity {
             if let Some(oldest) = self.arrival.pop_front() {
                 self.orders.remove(&oldest);

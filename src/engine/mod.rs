@@ -35,8 +35,15 @@ pub enum Outcome {
 /// An event to produce. Payloads are contract JSON; keys are order IDs.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Output {
-    Status { order_id: String, payload: Vec<u8> },
-    Fulfillment { order_id: String, kind: &'static str, payload: Vec<u8> },
+    Status {
+        order_id: String,
+        payload: Vec<u8>,
+    },
+    Fulfillment {
+        order_id: String,
+        kind: &'static str,
+        payload: Vec<u8>,
+    },
     /// The input record goes to the dead-letter topic unchanged.
     DeadLetter(DeadLetter),
 }
@@ -51,7 +58,10 @@ pub struct Processed {
 
 impl Processed {
     fn new(outcome: Outcome) -> Self {
-        Processed { outcome, latency: None }
+        Processed {
+            outcome,
+            latency: None,
+        }
     }
 }
 
@@ -89,7 +99,10 @@ impl Engine {
                 out.push(Output::DeadLetter(dead));
                 Processed::new(Outcome::DeadLetter(reason))
             }
-            Decoded::Invalid { order_id, rejection } => {
+            Decoded::Invalid {
+                order_id,
+                rejection,
+            } => {
                 if book.get(&order_id).is_some() {
                     return Processed::new(Outcome::Duplicate);
                 }
@@ -97,11 +110,19 @@ impl Engine {
                 Processed::new(Outcome::Rejected(rejection.reason))
             }
             Decoded::Event(OrderEvent::Placed(order)) => self.place(book, order, now, out),
-            Decoded::Event(OrderEvent::Cancelled(cancel)) => self.cancel(book, &cancel.order_id, now, out),
+            Decoded::Event(OrderEvent::Cancelled(cancel)) => {
+                self.cancel(book, &cancel.order_id, now, out)
+            }
         }
     }
 
-    fn place(&self, book: &mut OrderBook, order: OrderPlaced, now: OffsetDateTime, out: &mut Vec<Output>) -> Processed {
+    fn place(
+        &self,
+        book: &mut OrderBook,
+        order: OrderPlaced,
+        now: OffsetDateTime,
+        out: &mut Vec<Output>,
+    ) -> Processed {
         if book.get(&order.order_id).is_some() {
             return Processed::new(Outcome::Duplicate);
         }
@@ -114,11 +135,20 @@ impl Engine {
             }
         };
         let latency = (now - valid.placed_at).try_into().ok();
-        if let Err(rejection) = self.inventory.reserve(&valid, || check_payments(&valid, &self.limits)) {
+        if let Err(rejection) = self
+            .inventory
+            .reserve(&valid, || check_payments(&valid, &self.limits))
+        {
             self.reject(book, &order_id, &rejection, now, out);
-            return Processed { outcome: Outcome::Rejected(rejection.reason), latency };
+            return Processed {
+                outcome: Outcome::Rejected(rejection.reason),
+                latency,
+            };
         }
-        push_status(out, &StatusEvent::new(&order_id, Status::Accepted, None, now));
+        push_status(
+            out,
+            &StatusEvent::new(&order_id, Status::Accepted, None, now),
+        );
         for fulfillment in events::requested(&valid) {
             push_fulfillment(out, &order_id, &fulfillment);
         }
@@ -130,20 +160,47 @@ impl Engine {
                 demand: valid.demand,
             },
         );
-        Processed { outcome: Outcome::Accepted, latency }
+        Processed {
+            outcome: Outcome::Accepted,
+            latency,
+        }
     }
 
-    fn reject(&self, book: &mut OrderBook, order_id: &str, rejection: &Rejection, now: OffsetDateTime, out: &mut Vec<Output>) {
-        push_status(out, &StatusEvent::new(order_id, Status::Rejected, Some(rejection), now));
+    fn reject(
+        &self,
+        book: &mut OrderBook,
+        order_id: &str,
+        rejection: &Rejection,
+        now: OffsetDateTime,
+        out: &mut Vec<Output>,
+    ) {
+        push_status(
+            out,
+            &StatusEvent::new(order_id, Status::Rejected, Some(rejection), now),
+        );
         book.insert(order_id.to_string(), OrderRecord::Rejected);
     }
 
-    fn cancel(&self, book: &mut OrderBook, order_id: &str, now: OffsetDateTime, out: &mut Vec<Output>) -> Processed {
-        let Some(OrderRecord::Accepted { customer_id, demand, shipments }) = book.get(order_id) else {
+    fn cancel(
+        &self,
+        book: &mut OrderBook,
+        order_id: &str,
+        now: OffsetDateTime,
+        out: &mut Vec<Output>,
+    ) -> Processed {
+        let Some(OrderRecord::Accepted {
+            customer_id,
+            demand,
+            shipments,
+        }) = book.get(order_id)
+        else {
             return Processed::new(Outcome::CancelIgnored);
         };
         self.inventory.release(customer_id, demand);
-        push_status(out, &StatusEvent::new(order_id, Status::Cancelled, None, now));
+        push_status(
+            out,
+            &StatusEvent::new(order_id, Status::Cancelled, None, now),
+        );
         for key in shipments {
             push_fulfillment(out, order_id, &events::cancelled(order_id, key));
         }
@@ -154,12 +211,19 @@ impl Engine {
 
 fn push_status(out: &mut Vec<Output>, status: &StatusEvent) {
     let payload = serde_json::to_vec(status).expect("status events always serialize");
-    out.push(Output::Status { order_id: status.order_id.clone(), payload });
+    out.push(Output::Status {
+        order_id: status.order_id.clone(),
+        payload,
+    });
 }
 
 fn push_fulfillment(out: &mut Vec<Output>, order_id: &str, event: &events::FulfillmentEvent) {
     let payload = serde_json::to_vec(event).expect("fulfillment events always serialize");
-    out.push(Output::Fulfillment { order_id: order_id.to_string(), kind: event.kind(), payload });
+    out.push(Output::Fulfillment {
+        order_id: order_id.to_string(),
+        kind: event.kind(),
+        payload,
+    });
 }
 
 #[cfg(test)]

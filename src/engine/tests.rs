@@ -25,7 +25,8 @@ pub(crate) fn order_json(order_id: &str, customer: &str, lines: &[(&str, i64)]) 
 }
 
 fn cancel_json(order_id: &str) -> Vec<u8> {
-    serde_json::to_vec(&serde_json::json!({"type": "order_cancelled", "order_id": order_id})).unwrap()
+    serde_json::to_vec(&serde_json::json!({"type": "order_cancelled", "order_id": order_id}))
+        .unwrap()
 }
 
 fn stock_set(sku: &str, available: i64, limit: Option<u32>) -> InventoryEvent {
@@ -68,7 +69,12 @@ fn accept_then_duplicate_then_cancel_once() {
     let (outcome, out) = run(&engine, &mut book, "o-1", &order);
     assert_eq!(outcome, Outcome::Accepted);
     assert_eq!(statuses(&out)[0].status, Status::Accepted);
-    assert_eq!(out.iter().filter(|o| matches!(o, Output::Fulfillment { .. })).count(), 1);
+    assert_eq!(
+        out.iter()
+            .filter(|o| matches!(o, Output::Fulfillment { .. }))
+            .count(),
+        1
+    );
     assert_eq!(engine.inventory().get("A").unwrap().available(), 3);
 
     let (outcome, out) = run(&engine, &mut book, "o-1", &order);
@@ -81,16 +87,29 @@ fn accept_then_duplicate_then_cancel_once() {
 
     let (outcome, out) = run(&engine, &mut book, "o-1", &cancel_json("o-1"));
     assert_eq!((outcome, out.len()), (Outcome::CancelIgnored, 0));
-    assert_eq!(engine.inventory().get("A").unwrap().available(), 5, "units come back exactly once");
+    assert_eq!(
+        engine.inventory().get("A").unwrap().available(),
+        5,
+        "units come back exactly once"
+    );
 }
 
 #[test]
 fn all_or_nothing_across_lines() {
     let engine = engine_with(&[("A", 5, None), ("B", 1, None)]);
     let mut book = OrderBook::new(100);
-    let (outcome, _) = run(&engine, &mut book, "o-1", &order_json("o-1", "c", &[("A", 3), ("B", 2)]));
+    let (outcome, _) = run(
+        &engine,
+        &mut book,
+        "o-1",
+        &order_json("o-1", "c", &[("A", 3), ("B", 2)]),
+    );
     assert_eq!(outcome, Outcome::Rejected(Reason::OutOfStock));
-    assert_eq!(engine.inventory().get("A").unwrap().available(), 5, "A untouched when B fails");
+    assert_eq!(
+        engine.inventory().get("A").unwrap().available(),
+        5,
+        "A untouched when B fails"
+    );
 }
 
 #[test]
@@ -98,18 +117,38 @@ fn reasons_in_table_order() {
     let engine = engine_with(&[("A", 1, Some(1))]);
     let mut book = OrderBook::new(100);
     let cases = [
-        ("o-1", order_json("o-1", "c", &[("Z", 1)]), Reason::UnknownSku),
-        ("o-2", order_json("o-2", "c", &[("A", 2)]), Reason::CustomerLimitExceeded),
-        ("o-3", order_json("o-3", "c", &[("A", 0)]), Reason::InvalidOrder),
+        (
+            "o-1",
+            order_json("o-1", "c", &[("Z", 1)]),
+            Reason::UnknownSku,
+        ),
+        (
+            "o-2",
+            order_json("o-2", "c", &[("A", 2)]),
+            Reason::CustomerLimitExceeded,
+        ),
+        (
+            "o-3",
+            order_json("o-3", "c", &[("A", 0)]),
+            Reason::InvalidOrder,
+        ),
     ];
     for (id, value, reason) in cases {
-        assert_eq!(run(&engine, &mut book, id, &value).0, Outcome::Rejected(reason), "{id}");
+        assert_eq!(
+            run(&engine, &mut book, id, &value).0,
+            Outcome::Rejected(reason),
+            "{id}"
+        );
     }
-    let mut wrong_price: serde_json::Value = serde_json::from_slice(&order_json("o-4", "c", &[("A", 1)])).unwrap();
+    let mut wrong_price: serde_json::Value =
+        serde_json::from_slice(&order_json("o-4", "c", &[("A", 1)])).unwrap();
     wrong_price["lines"][0]["unit_price_minor"] = 99.into();
     wrong_price["payments"][0]["amount_minor"] = 99.into();
     let value = serde_json::to_vec(&wrong_price).unwrap();
-    assert_eq!(run(&engine, &mut book, "o-4", &value).0, Outcome::Rejected(Reason::PriceMismatch));
+    assert_eq!(
+        run(&engine, &mut book, "o-4", &value).0,
+        Outcome::Rejected(Reason::PriceMismatch)
+    );
     let (outcome, out) = run(&engine, &mut book, "o-5", b"\xff");
     assert_eq!(outcome, Outcome::DeadLetter(DlqReason::NotUtf8));
     assert!(matches!(out[0], Output::DeadLetter(_)));
@@ -120,7 +159,10 @@ fn hot_sku_hit_by_every_shard_never_oversells() {
     const STOCK: i64 = 1_000;
     const SHARDS: usize = 4;
     const ORDERS_PER_SHARD: usize = 2_000;
-    let engine = Arc::new(engine_with(&[("HOT", STOCK, None), ("COLD", 1_000_000, None)]));
+    let engine = Arc::new(engine_with(&[
+        ("HOT", STOCK, None),
+        ("COLD", 1_000_000, None),
+    ]));
     let (accepted_units, accepted_orders): (i64, i64) = std::thread::scope(|scope| {
         let handles: Vec<_> = (0..SHARDS)
             .map(|shard| {
@@ -141,14 +183,26 @@ fn hot_sku_hit_by_every_shard_never_oversells() {
                 })
             })
             .collect();
-        handles.into_iter().map(|h| h.join().unwrap()).fold((0, 0), |a, b| (a.0 + b.0, a.1 + b.1))
+        handles
+            .into_iter()
+            .map(|h| h.join().unwrap())
+            .fold((0, 0), |a, b| (a.0 + b.0, a.1 + b.1))
     });
     let hot = engine.inventory().get("HOT").unwrap();
     assert_eq!(hot.reserved, accepted_units);
-    assert!(accepted_units <= STOCK, "oversold: {accepted_units} > {STOCK}");
-    assert!(STOCK - accepted_units < 3, "demand exceeds stock, so stock sells out up to the last small order");
+    assert!(
+        accepted_units <= STOCK,
+        "oversold: {accepted_units} > {STOCK}"
+    );
+    assert!(
+        STOCK - accepted_units < 3,
+        "demand exceeds stock, so stock sells out up to the last small order"
+    );
     let cold = engine.inventory().get("COLD").unwrap();
-    assert_eq!(cold.reserved, accepted_orders, "an order takes all its lines or none");
+    assert_eq!(
+        cold.reserved, accepted_orders,
+        "an order takes all its lines or none"
+    );
 }
 
 // ---- model test ----------------------------------------------------------
@@ -158,9 +212,18 @@ const SHARDS: usize = 3;
 
 #[derive(Debug, Clone)]
 enum Op {
-    Place { order: usize, customer: usize, lines: Vec<(usize, i64)> },
-    Cancel { order: usize },
-    Restock { sku: usize, delta: i64 },
+    Place {
+        order: usize,
+        customer: usize,
+        lines: Vec<(usize, i64)>,
+    },
+    Cancel {
+        order: usize,
+    },
+    Restock {
+        sku: usize,
+        delta: i64,
+    },
 }
 
 fn op() -> impl Strategy<Value = Op> {
@@ -198,9 +261,14 @@ impl Model {
             *demand.entry(*sku).or_default() += *q as u32;
         }
         let limited = demand.get(&LIMIT_SKU).copied().unwrap_or(0);
-        let outcome = if limited > 0 && self.held.get(&(customer, LIMIT_SKU)).copied().unwrap_or(0) + limited > LIMIT {
+        let outcome = if limited > 0
+            && self.held.get(&(customer, LIMIT_SKU)).copied().unwrap_or(0) + limited > LIMIT
+        {
             Outcome::Rejected(Reason::CustomerLimitExceeded)
-        } else if demand.iter().any(|(s, u)| self.stock[s] - self.reserved[s] < i64::from(*u)) {
+        } else if demand
+            .iter()
+            .any(|(s, u)| self.stock[s] - self.reserved[s] < i64::from(*u))
+        {
             Outcome::Rejected(Reason::OutOfStock)
         } else {
             for (s, u) in &demand {

@@ -66,10 +66,19 @@ impl Inventory {
 
     /// Applies an event of the `inventory` topic.
     pub fn apply(&self, event: &InventoryEvent) {
-        let cell = self.skus.entry(event.sku().to_string()).or_default().clone();
+        let cell = self
+            .skus
+            .entry(event.sku().to_string())
+            .or_default()
+            .clone();
         let mut sku = cell.lock();
         match event {
-            InventoryEvent::StockSet { available, prices, max_per_customer, .. } => {
+            InventoryEvent::StockSet {
+                available,
+                prices,
+                max_per_customer,
+                ..
+            } => {
                 sku.stock = *available;
                 sku.prices = prices.clone();
                 sku.max_per_customer = *max_per_customer;
@@ -87,18 +96,29 @@ impl Inventory {
         for (sku, _) in &order.demand {
             match self.skus.get(sku.as_str()) {
                 Some(cell) => cells.push(cell.clone()),
-                None => return Err(Rejection::new(Reason::UnknownSku, format!("SKU {sku:?} is not in the inventory"))),
+                None => {
+                    return Err(Rejection::new(
+                        Reason::UnknownSku,
+                        format!("SKU {sku:?} is not in the inventory"),
+                    ))
+                }
             }
         }
         for (i, line) in order.lines.iter().enumerate() {
-            let index = order.demand.binary_search_by(|(sku, _)| sku.as_str().cmp(&line.sku)).unwrap_or_default();
+            let index = order
+                .demand
+                .binary_search_by(|(sku, _)| sku.as_str().cmp(&line.sku))
+                .unwrap_or_default();
             let catalog = cells[index].lock().prices.get(&order.currency).copied();
             match catalog {
                 Some(price) if price == line.unit_price_minor => {}
                 Some(price) => {
                     return Err(Rejection::new(
                         Reason::PriceMismatch,
-                        format!("lines[{i}].unit_price_minor is {}, catalog price is {price}", line.unit_price_minor),
+                        format!(
+                            "lines[{i}].unit_price_minor is {}, catalog price is {price}",
+                            line.unit_price_minor
+                        ),
                     ))
                 }
                 None => {
@@ -125,11 +145,18 @@ impl Inventory {
         let mut guards: Vec<_> = cells.iter().map(|cell| cell.lock()).collect();
         for ((sku, units), state) in order.demand.iter().zip(&guards) {
             if let Some(limit) = state.max_per_customer {
-                let held = state.per_customer.get(&order.customer_id).copied().unwrap_or(0);
+                let held = state
+                    .per_customer
+                    .get(&order.customer_id)
+                    .copied()
+                    .unwrap_or(0);
                 if held + units > limit {
                     return Err(Rejection::new(
                         Reason::CustomerLimitExceeded,
-                        format!("{sku}: customer would hold {} units, limit is {limit}", held + units),
+                        format!(
+                            "{sku}: customer would hold {} units, limit is {limit}",
+                            held + units
+                        ),
                     ));
                 }
             }
@@ -138,16 +165,25 @@ impl Inventory {
             if state.available() < i64::from(*units) {
                 return Err(Rejection::new(
                     Reason::OutOfStock,
-                    format!("{sku}: {units} units wanted, {} available", state.available()),
+                    format!(
+                        "{sku}: {units} units wanted, {} available",
+                        state.available()
+                    ),
                 ));
             }
         }
         for ((_, units), state) in order.demand.iter().zip(guards.iter_mut()) {
             state.reserved += i64::from(*units);
             if state.max_per_customer.is_some() {
-                *state.per_customer.entry(order.customer_id.clone()).or_default() += units;
+                *state
+                    .per_customer
+                    .entry(order.customer_id.clone())
+                    .or_default() += units;
             }
-            debug_assert!(state.reserved <= state.stock, "reservation took more than stock");
+            debug_assert!(
+                state.reserved <= state.stock,
+                "reservation took more than stock"
+            );
         }
         Ok(())
     }
@@ -161,7 +197,10 @@ impl Inventory {
                 continue;
             };
             let mut state = cell.lock();
-            debug_assert!(state.reserved >= i64::from(*units), "released more than reserved");
+            debug_assert!(
+                state.reserved >= i64::from(*units),
+                "released more than reserved"
+            );
             state.reserved -= i64::from(*units);
             if let Some(held) = state.per_customer.get_mut(customer_id) {
                 *held = held.saturating_sub(*units);
@@ -183,7 +222,10 @@ impl Inventory {
 
     /// Units sold beyond stock over all SKUs; must stay 0.
     pub fn oversold_units(&self) -> i64 {
-        self.skus.iter().map(|entry| entry.value().lock().oversold()).sum()
+        self.skus
+            .iter()
+            .map(|entry| entry.value().lock().oversold())
+            .sum()
     }
 }
 

@@ -23,9 +23,16 @@ fn ok() -> Result<(), Rejection> {
 fn unknown_sku_then_price() {
     let inventory = Inventory::new();
     announce(&inventory, "SKU-1", 10, None);
-    assert_eq!(inventory.reserve(&sample(), ok).unwrap_err().reason, Reason::UnknownSku);
+    assert_eq!(
+        inventory.reserve(&sample(), ok).unwrap_err().reason,
+        Reason::UnknownSku
+    );
     announce(&inventory, "SKU-9", 10, None);
-    assert_eq!(inventory.reserve(&sample(), ok).unwrap_err().reason, Reason::PriceMismatch, "SKU-9 costs 1999");
+    assert_eq!(
+        inventory.reserve(&sample(), ok).unwrap_err().reason,
+        Reason::PriceMismatch,
+        "SKU-9 costs 1999"
+    );
 }
 
 #[test]
@@ -43,7 +50,11 @@ fn reserve_release_and_limits() {
     assert_eq!(inventory.get("SKU-1").unwrap().available(), 1);
     assert_eq!(inventory.get("SKU-1").unwrap().per_customer["c-1"], 3);
     let again = inventory.reserve(&order, ok).unwrap_err();
-    assert_eq!(again.reason, Reason::CustomerLimitExceeded, "limit is checked before stock");
+    assert_eq!(
+        again.reason,
+        Reason::CustomerLimitExceeded,
+        "limit is checked before stock"
+    );
     inventory.release(&order.customer_id, &order.demand);
     assert_eq!(inventory.get("SKU-1").unwrap().available(), 4);
     assert_eq!(inventory.get("SKU-9").unwrap().available(), 1);
@@ -55,7 +66,10 @@ fn payment_check_runs_between_price_and_stock() {
     let inventory = Inventory::new();
     announce(&inventory, "SKU-1", 0, None);
     let mismatch = || Err(Rejection::new(Reason::PaymentMismatch, "x"));
-    assert_eq!(inventory.reserve(&sample(), mismatch).unwrap_err().reason, Reason::UnknownSku);
+    assert_eq!(
+        inventory.reserve(&sample(), mismatch).unwrap_err().reason,
+        Reason::UnknownSku
+    );
 }
 
 #[test]
@@ -70,7 +84,18 @@ fn stock_set_again_keeps_sales_counted() {
     });
     inventory.reserve(&sample(), ok).unwrap();
     announce(&inventory, "SKU-1", 3, None);
-    assert_eq!(inventory.get("SKU-1").unwrap().available(), 0, "replaying stock_set does not resell");
-    inventory.apply(&InventoryEvent::StockAdjusted { sku: "SKU-1".into(), delta: -1 });
-    assert_eq!(inventory.oversold_units(), 1, "damage below sold units shows as oversold");
+    assert_eq!(
+        inventory.get("SKU-1").unwrap().available(),
+        0,
+        "replaying stock_set does not resell"
+    );
+    inventory.apply(&InventoryEvent::StockAdjusted {
+        sku: "SKU-1".into(),
+        delta: -1,
+    });
+    assert_eq!(
+        inventory.oversold_units(),
+        1,
+        "damage below sold units shows as oversold"
+    );
 }

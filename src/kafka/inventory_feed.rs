@@ -45,7 +45,14 @@ impl Feed {
             Err(dead) => {
                 telemetry::inventory_event(Err(dead.reason));
                 let source = (self.topic.as_str(), message.partition(), message.offset());
-                self.sink.send_dead_letter(&self.dlq, source, message.key(), message.payload(), &dead, token::UNTRACKED);
+                self.sink.send_dead_letter(
+                    &self.dlq,
+                    source,
+                    message.key(),
+                    message.payload(),
+                    &dead,
+                    token::UNTRACKED,
+                );
             }
         }
     }
@@ -60,7 +67,10 @@ pub fn start(
     shutdown: Shutdown,
 ) -> Result<JoinHandle<()>, StartError> {
     let topic = config.topics.inventory.clone();
-    let mut client = super::consumer_config(&config.kafka, &format!("{}-inventory", config.kafka.group_id));
+    let mut client = super::consumer_config(
+        &config.kafka,
+        &format!("{}-inventory", config.kafka.group_id),
+    );
     client.set("enable.auto.commit", "false");
     let consumer: BaseConsumer = client.create()?;
     let metadata = consumer.fetch_metadata(Some(&topic), METADATA_TIMEOUT)?;
@@ -71,7 +81,10 @@ pub fn start(
         .flat_map(|t| t.partitions().iter().map(|p| p.id()))
         .collect();
     if partitions.is_empty() {
-        return Err(StartError::TopicMissing { topic, brokers: config.kafka.brokers.clone() });
+        return Err(StartError::TopicMissing {
+            topic,
+            brokers: config.kafka.brokers.clone(),
+        });
     }
     let mut remaining: HashMap<i32, i64> = HashMap::new();
     let mut tpl = TopicPartitionList::new();
@@ -97,18 +110,26 @@ pub fn start(
         match feed.consumer.poll(POLL_TIMEOUT) {
             Some(Ok(message)) => {
                 feed.apply(&message);
-                if remaining.get(&message.partition()).is_some_and(|high| message.offset() + 1 >= *high) {
+                if remaining
+                    .get(&message.partition())
+                    .is_some_and(|high| message.offset() + 1 >= *high)
+                {
                     remaining.remove(&message.partition());
                 }
             }
-            Some(Err(error)) => telemetry::kafka_error(super::sink::error_kind(&error), &error.to_string()),
+            Some(Err(error)) => {
+                telemetry::kafka_error(super::sink::error_kind(&error), &error.to_string())
+            }
             // Compaction or transaction markers can leave the last offset
             // below the high watermark: the position says where we really are.
             None => {
                 if let Ok(position) = feed.consumer.position() {
                     for element in position.elements() {
                         if let Offset::Offset(next) = element.offset() {
-                            if remaining.get(&element.partition()).is_some_and(|high| next >= *high) {
+                            if remaining
+                                .get(&element.partition())
+                                .is_some_and(|high| next >= *high)
+                            {
                                 remaining.remove(&element.partition());
                             }
                         }
@@ -117,7 +138,11 @@ pub fn start(
             }
         }
         if last_log.elapsed() >= PROGRESS_LOG_INTERVAL {
-            tracing::info!(partitions_left = remaining.len(), skus = feed.inventory.sku_count(), "reading inventory");
+            tracing::info!(
+                partitions_left = remaining.len(),
+                skus = feed.inventory.sku_count(),
+                "reading inventory"
+            );
             last_log = Instant::now();
         }
     }
@@ -132,7 +157,9 @@ pub fn start(
             while !shutdown.is_triggered() {
                 match feed.consumer.poll(POLL_TIMEOUT) {
                     Some(Ok(message)) => feed.apply(&message),
-                    Some(Err(error)) => telemetry::kafka_error(super::sink::error_kind(&error), &error.to_string()),
+                    Some(Err(error)) => {
+                        telemetry::kafka_error(super::sink::error_kind(&error), &error.to_string())
+                    }
                     None => {}
                 }
             }

@@ -27,7 +27,9 @@ pub const STATISTICS_INTERVAL_MS: &str = "1000";
 /// Errors of the Kafka layer that stop the processor from starting.
 #[derive(Debug, thiserror::Error)]
 pub enum StartError {
-    #[error("topic {topic:?} does not exist on {brokers} (create it with explicit partition counts)")]
+    #[error(
+        "topic {topic:?} does not exist on {brokers} (create it with explicit partition counts)"
+    )]
     TopicMissing { topic: String, brokers: String },
     #[error("kafka client: {0}")]
     Kafka(#[from] rdkafka::error::KafkaError),
@@ -54,7 +56,9 @@ pub fn consumer_config(kafka: &KafkaConfig, group_id: &str) -> ClientConfig {
     for (key, value) in &kafka.consumer {
         config.set(key, value);
     }
-    config.set("enable.auto.commit", "true").set("enable.auto.offset.store", "false");
+    config
+        .set("enable.auto.commit", "true")
+        .set("enable.auto.offset.store", "false");
     config
 }
 

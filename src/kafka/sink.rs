@@ -77,7 +77,9 @@ pub fn error_kind(error: &KafkaError) -> &'static str {
         Some(RDKafkaErrorCode::QueueFull) => "queue_full",
         Some(RDKafkaErrorCode::AllBrokersDown) => "all_brokers_down",
         Some(RDKafkaErrorCode::BrokerTransportFailure) => "transport",
-        Some(RDKafkaErrorCode::UnknownTopicOrPartition) | Some(RDKafkaErrorCode::UnknownTopic) => "unknown_topic",
+        Some(RDKafkaErrorCode::UnknownTopicOrPartition) | Some(RDKafkaErrorCode::UnknownTopic) => {
+            "unknown_topic"
+        }
         Some(RDKafkaErrorCode::MessageSizeTooLarge) => "message_too_large",
         Some(_) => "broker",
         None => "client",
@@ -97,8 +99,10 @@ impl Sink {
     pub fn new(mut config: ClientConfig, tracker: Arc<OffsetTracker>) -> Result<Sink, KafkaError> {
         config.set("enable.idempotence", "true");
         let (failed_tx, failed_rx) = crossbeam_channel::unbounded();
-        let producer: ThreadedProducer<SinkContext> =
-            config.create_with_context(SinkContext { tracker, failed: failed_tx })?;
+        let producer: ThreadedProducer<SinkContext> = config.create_with_context(SinkContext {
+            tracker,
+            failed: failed_tx,
+        })?;
         let producer = Arc::new(producer);
         // The thread holds a weak reference: the channel's sender lives in the
         // producer's context, so dropping the producer ends the thread.
@@ -111,9 +115,21 @@ impl Sink {
     }
 
     /// Enqueues one record; waits only while librdkafka's queue is full.
-    pub fn send(&self, topic: &str, key: Option<&[u8]>, payload: Option<&[u8]>, headers: &[HeaderPair<'_>], token: usize) {
+    pub fn send(
+        &self,
+        topic: &str,
+        key: Option<&[u8]>,
+        payload: Option<&[u8]>,
+        headers: &[HeaderPair<'_>],
+        token: usize,
+    ) {
         let owned_headers = (!headers.is_empty()).then(|| {
-            headers.iter().fold(OwnedHeaders::new(), |h, (k, v)| h.insert(Header { key: k, value: Some(*v) }))
+            headers.iter().fold(OwnedHeaders::new(), |h, (k, v)| {
+                h.insert(Header {
+                    key: k,
+                    value: Some(*v),
+                })
+            })
         });
         let mut record = BaseRecord::with_opaque_to(topic, token);
         if let Some(key) = key {
@@ -162,8 +178,10 @@ impl Sink {
     }
 }
 
-fn send_until_queued<K, P>(producer: &ThreadedProducer<SinkContext>, mut record: BaseRecord<'_, K, P, usize>)
-where
+fn send_until_queued<K, P>(
+    producer: &ThreadedProducer<SinkContext>,
+    mut record: BaseRecord<'_, K, P, usize>,
+) where
     K: rdkafka::message::ToBytes + ?Sized,
     P: rdkafka::message::ToBytes + ?Sized,
 {
@@ -201,7 +219,9 @@ fn redeliver(producer: &Weak<ThreadedProducer<SinkContext>>, failed: &Receiver<F
         if let Some(headers) = record.headers.clone() {
             base = base.headers(headers);
         }
-        let Some(producer) = producer.upgrade() else { return };
+        let Some(producer) = producer.upgrade() else {
+            return;
+        };
         send_until_queued(&producer, base);
         if failed.is_empty() {
             backoff = REDELIVERY_BACKOFF_MIN;

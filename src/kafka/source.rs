@@ -55,7 +55,12 @@ pub struct SourceShared {
 
 impl SourceShared {
     pub fn new(topic: String, tracker: Arc<OffsetTracker>, drain_timeout: Duration) -> Self {
-        SourceShared { topic, tracker, dispatched: Mutex::new(HashMap::new()), drain_timeout }
+        SourceShared {
+            topic,
+            tracker,
+            dispatched: Mutex::new(HashMap::new()),
+            drain_timeout,
+        }
     }
 
     /// Offsets safe to commit for the given partitions (all known if `None`).
@@ -81,7 +86,10 @@ impl SourceShared {
             let done = {
                 let dispatched = self.dispatched.lock();
                 partitions.iter().all(|p| match dispatched.get(p) {
-                    Some(last) => self.tracker.committable(*p).is_some_and(|next| next > *last),
+                    Some(last) => self
+                        .tracker
+                        .committable(*p)
+                        .is_some_and(|next| next > *last),
                     None => true,
                 })
             };
@@ -110,7 +118,9 @@ pub struct SourceContext {
 
 impl ClientContext for SourceContext {
     fn stats(&self, statistics: Statistics) {
-        let Some(topic) = statistics.topics.get(&self.shared.topic) else { return };
+        let Some(topic) = statistics.topics.get(&self.shared.topic) else {
+            return;
+        };
         for (partition, stats) in &topic.partitions {
             if *partition >= 0 && stats.consumer_lag >= 0 {
                 telemetry::consumer_lag(*partition, stats.consumer_lag);
@@ -125,7 +135,9 @@ impl ClientContext for SourceContext {
 
 impl ConsumerContext for SourceContext {
     fn pre_rebalance(&self, consumer: &BaseConsumer<Self>, rebalance: &Rebalance<'_>) {
-        let Rebalance::Revoke(revoked) = rebalance else { return };
+        let Rebalance::Revoke(revoked) = rebalance else {
+            return;
+        };
         let partitions: Vec<i32> = revoked
             .elements_for_topic(&self.shared.topic)
             .iter()
@@ -135,7 +147,10 @@ impl ConsumerContext for SourceContext {
             return;
         }
         if !self.shared.drain(&partitions) {
-            tracing::warn!(?partitions, "revoked partitions still had undelivered outputs; committing what is done");
+            tracing::warn!(
+                ?partitions,
+                "revoked partitions still had undelivered outputs; committing what is done"
+            );
         }
         let tpl = self.shared.committable(Some(&partitions));
         if tpl.count() > 0 {
@@ -156,7 +171,12 @@ impl ConsumerContext for SourceContext {
 }
 
 /// Polls `orders` and dispatches records to shards until shutdown.
-pub fn run(consumer: &BaseConsumer<SourceContext>, shards: &[Sender<Record>], shutdown: &Shutdown, commit_interval: Duration) {
+pub fn run(
+    consumer: &BaseConsumer<SourceContext>,
+    shards: &[Sender<Record>],
+    shutdown: &Shutdown,
+    commit_interval: Duration,
+) {
     let shared = consumer.context().shared.clone();
     let mut last_store = Instant::now();
     while !shutdown.is_triggered() {
@@ -169,13 +189,18 @@ pub fn run(consumer: &BaseConsumer<SourceContext>, shards: &[Sender<Record>], sh
                     value: message.payload().map(<[u8]>::to_vec),
                     received: Instant::now(),
                 };
-                shared.dispatched.lock().insert(record.partition, record.offset);
+                shared
+                    .dispatched
+                    .lock()
+                    .insert(record.partition, record.offset);
                 let shard = &shards[record.partition as usize % shards.len()];
                 if !dispatch(shard, record, shutdown) {
                     break;
                 }
             }
-            Some(Err(error)) => telemetry::kafka_error(super::sink::error_kind(&error), &error.to_string()),
+            Some(Err(error)) => {
+                telemetry::kafka_error(super::sink::error_kind(&error), &error.to_string())
+            }
             None => {}
         }
         if last_store.elapsed() >= commit_interval {

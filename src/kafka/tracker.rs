@@ -33,7 +33,10 @@ impl OffsetTracker {
     pub fn begin(&self, partition: i32, offset: i64, outputs: u32) {
         let mut partitions = self.partitions.lock();
         let progress = partitions.entry(partition).or_default();
-        debug_assert!(progress.last_begun.is_none_or(|last| last < offset), "offsets go forward");
+        debug_assert!(
+            progress.last_begun.is_none_or(|last| last < offset),
+            "offsets go forward"
+        );
         progress.last_begun = Some(offset);
         if outputs > 0 {
             progress.waiting.insert(offset, outputs);
@@ -43,7 +46,9 @@ impl OffsetTracker {
     /// One output of the record at `offset` was acknowledged.
     pub fn delivered(&self, partition: i32, offset: i64) {
         let mut partitions = self.partitions.lock();
-        let Some(progress) = partitions.get_mut(&partition) else { return };
+        let Some(progress) = partitions.get_mut(&partition) else {
+            return;
+        };
         if let Some(left) = progress.waiting.get_mut(&offset) {
             *left -= 1;
             if *left == 0 {
@@ -65,7 +70,12 @@ impl OffsetTracker {
 
     /// Outputs sent and not yet acknowledged, over all partitions.
     pub fn pending_outputs(&self) -> usize {
-        self.partitions.lock().values().flat_map(|p| p.waiting.values()).map(|n| *n as usize).sum()
+        self.partitions
+            .lock()
+            .values()
+            .flat_map(|p| p.waiting.values())
+            .map(|n| *n as usize)
+            .sum()
     }
 
     /// Forgets a partition (after it was revoked and committed).
@@ -83,13 +93,24 @@ pub mod token {
     pub const MAX_PARTITION: i32 = (1 << (usize::BITS - OFFSET_BITS - 1)) - 1;
 
     pub fn pack(partition: i32, offset: i64) -> usize {
-        assert!((0..=MAX_PARTITION).contains(&partition), "partition {partition} out of range");
-        assert!((0..1 << OFFSET_BITS).contains(&offset), "offset {offset} out of range");
+        assert!(
+            (0..=MAX_PARTITION).contains(&partition),
+            "partition {partition} out of range"
+        );
+        assert!(
+            (0..1 << OFFSET_BITS).contains(&offset),
+            "offset {offset} out of range"
+        );
         ((partition as usize) << OFFSET_BITS) | offset as usize
     }
 
     pub fn unpack(token: usize) -> Option<(i32, i64)> {
-        (token != UNTRACKED).then(|| ((token >> OFFSET_BITS) as i32, (token & ((1 << OFFSET_BITS) - 1)) as i64))
+        (token != UNTRACKED).then(|| {
+            (
+                (token >> OFFSET_BITS) as i32,
+                (token & ((1 << OFFSET_BITS) - 1)) as i64,
+            )
+        })
     }
 }
 
@@ -108,7 +129,11 @@ mod tests {
         tracker.delivered(0, 12);
         assert_eq!(tracker.committable(0), Some(10), "12 is done but 10 is not");
         tracker.delivered(0, 10);
-        assert_eq!(tracker.committable(0), Some(10), "10 waits for its second output");
+        assert_eq!(
+            tracker.committable(0),
+            Some(10),
+            "10 waits for its second output"
+        );
         tracker.delivered(0, 10);
         assert_eq!(tracker.committable(0), Some(13));
         assert_eq!(tracker.pending_outputs(), 0);
@@ -116,7 +141,11 @@ mod tests {
 
     #[test]
     fn tokens_round_trip() {
-        for (p, o) in [(0, 0), (7, 123_456_789), (token::MAX_PARTITION, (1 << 44) - 1)] {
+        for (p, o) in [
+            (0, 0),
+            (7, 123_456_789),
+            (token::MAX_PARTITION, (1 << 44) - 1),
+        ] {
             assert_eq!(token::unpack(token::pack(p, o)), Some((p, o)));
         }
         assert_eq!(token::unpack(token::UNTRACKED), None);

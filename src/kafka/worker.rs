@@ -35,7 +35,9 @@ impl Shard {
         let mut last_depth_report = Instant::now();
         telemetry::shard_queue_depth(self.id, 0);
         while let Ok(record) = queue.recv() {
-            let book = books.entry(record.partition).or_insert_with(|| OrderBook::new(self.dedup_window_orders));
+            let book = books
+                .entry(record.partition)
+                .or_insert_with(|| OrderBook::new(self.dedup_window_orders));
             outputs.clear();
             let processed = self.engine.process(
                 book,
@@ -45,12 +47,17 @@ impl Shard {
                 &mut outputs,
             );
             // Register before sending, so no delivery report can come first.
-            self.tracker.begin(record.partition, record.offset, outputs.len() as u32);
+            self.tracker
+                .begin(record.partition, record.offset, outputs.len() as u32);
             let token = token::pack(record.partition, record.offset);
             for output in outputs.drain(..) {
                 self.send(&record, output, token);
             }
-            telemetry::order_processed(processed.outcome, processed.latency, record.received.elapsed());
+            telemetry::order_processed(
+                processed.outcome,
+                processed.latency,
+                record.received.elapsed(),
+            );
             if last_depth_report.elapsed() >= DEPTH_REPORT_INTERVAL {
                 telemetry::shard_queue_depth(self.id, queue.len());
                 last_depth_report = Instant::now();
@@ -61,12 +68,26 @@ impl Shard {
 
     fn send(&self, record: &Record, output: Output, token: usize) {
         match output {
-            Output::Status { order_id, payload } => {
-                self.sink.send(&self.topics.status, Some(order_id.as_bytes()), Some(&payload), &[], token)
-            }
-            Output::Fulfillment { order_id, kind, payload } => {
+            Output::Status { order_id, payload } => self.sink.send(
+                &self.topics.status,
+                Some(order_id.as_bytes()),
+                Some(&payload),
+                &[],
+                token,
+            ),
+            Output::Fulfillment {
+                order_id,
+                kind,
+                payload,
+            } => {
                 telemetry::fulfillment_emitted(kind);
-                self.sink.send(&self.topics.fulfillments, Some(order_id.as_bytes()), Some(&payload), &[], token)
+                self.sink.send(
+                    &self.topics.fulfillments,
+                    Some(order_id.as_bytes()),
+                    Some(&payload),
+                    &[],
+                    token,
+                )
             }
             Output::DeadLetter(dead) => self.sink.send_dead_letter(
                 &self.topics.dlq,

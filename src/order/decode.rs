@@ -56,7 +56,10 @@ pub struct DeadLetter {
 
 impl DeadLetter {
     fn new(reason: DlqReason, detail: impl Into<String>) -> Self {
-        DeadLetter { reason, detail: detail.into() }
+        DeadLetter {
+            reason,
+            detail: detail.into(),
+        }
     }
 }
 
@@ -66,7 +69,10 @@ pub enum Decoded {
     Event(OrderEvent),
     /// A readable `order_placed` (its `order_id` is known) whose fields do not
     /// have the contract's types: it gets status `rejected`.
-    Invalid { order_id: String, rejection: Rejection },
+    Invalid {
+        order_id: String,
+        rejection: Rejection,
+    },
     DeadLetter(DeadLetter),
 }
 
@@ -95,11 +101,22 @@ const CANCELLED: &str = "order_cancelled";
 pub fn decode_order(key: Option<&[u8]>, value: Option<&[u8]>, max_record_bytes: usize) -> Decoded {
     let value = value.unwrap_or_default();
     if value.len() > max_record_bytes {
-        return dead(DlqReason::TooLarge, format!("record is {} bytes, limit is {max_record_bytes}", value.len()));
+        return dead(
+            DlqReason::TooLarge,
+            format!(
+                "record is {} bytes, limit is {max_record_bytes}",
+                value.len()
+            ),
+        );
     }
     let text = match std::str::from_utf8(value) {
         Ok(text) => text,
-        Err(e) => return dead(DlqReason::NotUtf8, format!("invalid UTF-8 at byte {}", e.valid_up_to())),
+        Err(e) => {
+            return dead(
+                DlqReason::NotUtf8,
+                format!("invalid UTF-8 at byte {}", e.valid_up_to()),
+            )
+        }
     };
     match serde_json::from_str::<Flat>(text) {
         Ok(flat) => from_flat(key, flat),
@@ -114,8 +131,14 @@ fn dead(reason: DlqReason, detail: impl Into<String>) -> Decoded {
 fn check_key(key: Option<&[u8]>, order_id: &str) -> Result<(), DeadLetter> {
     match key {
         Some(k) if k == order_id.as_bytes() => Ok(()),
-        Some(_) => Err(DeadLetter::new(DlqReason::KeyMismatch, "record key differs from order_id")),
-        None => Err(DeadLetter::new(DlqReason::KeyMismatch, "record has no key; expected the order_id")),
+        Some(_) => Err(DeadLetter::new(
+            DlqReason::KeyMismatch,
+            "record key differs from order_id",
+        )),
+        None => Err(DeadLetter::new(
+            DlqReason::KeyMismatch,
+            "record has no key; expected the order_id",
+        )),
     }
 }
 
@@ -143,7 +166,11 @@ fn from_flat(key: Option<&[u8]>, flat: Flat) -> Decoded {
             payments: flat.payments,
         })
     } else {
-        OrderEvent::Cancelled(OrderCancelled { order_id, cancelled_at: flat.cancelled_at, reason: flat.reason })
+        OrderEvent::Cancelled(OrderCancelled {
+            order_id,
+            cancelled_at: flat.cancelled_at,
+            reason: flat.reason,
+        })
     };
     Decoded::Event(event)
 }
@@ -166,15 +193,23 @@ fn classify_unparsable(key: Option<&[u8]>, text: &str, error: &serde_json::Error
         Err(e) => return dead(DlqReason::NotJson, e.to_string()),
     };
     let Some(object) = value.as_object() else {
-        return dead(DlqReason::NotAnOrderEvent, "value is JSON but not an object");
+        return dead(
+            DlqReason::NotAnOrderEvent,
+            "value is JSON but not an object",
+        );
     };
-    let kind = object.get("type").and_then(|t| t.as_str()).unwrap_or_default();
+    let kind = object
+        .get("type")
+        .and_then(|t| t.as_str())
+        .unwrap_or_default();
     if kind != PLACED && kind != CANCELLED {
         return dead(DlqReason::NotAnOrderEvent, unknown_type_detail(kind));
     }
     let order_id = match object.get("order_id") {
         Some(serde_json::Value::String(id)) if !id.is_empty() => id.clone(),
-        Some(serde_json::Value::String(_)) => return dead(DlqReason::MissingOrderId, "order_id is empty"),
+        Some(serde_json::Value::String(_)) => {
+            return dead(DlqReason::MissingOrderId, "order_id is empty")
+        }
         Some(_) => return dead(DlqReason::MissingOrderId, "order_id is not a string"),
         None => return dead(DlqReason::MissingOrderId, "field order_id is missing"),
     };
@@ -182,9 +217,15 @@ fn classify_unparsable(key: Option<&[u8]>, text: &str, error: &serde_json::Error
         return Decoded::DeadLetter(dl);
     }
     if kind == CANCELLED {
-        return dead(DlqReason::NotAnOrderEvent, format!("order_cancelled has badly typed fields: {error}"));
+        return dead(
+            DlqReason::NotAnOrderEvent,
+            format!("order_cancelled has badly typed fields: {error}"),
+        );
     }
-    Decoded::Invalid { order_id, rejection: Rejection::new(Reason::InvalidOrder, error.to_string()) }
+    Decoded::Invalid {
+        order_id,
+        rejection: Rejection::new(Reason::InvalidOrder, error.to_string()),
+    }
 }
 
 /// Decodes one record of the `inventory` topic; the key must be the SKU.
@@ -198,24 +239,42 @@ pub fn decode_inventory(
     if value.len() > max_record_bytes {
         return Err(DeadLetter::new(
             DlqReason::TooLarge,
-            format!("record is {} bytes, limit is {max_record_bytes}", value.len()),
+            format!(
+                "record is {} bytes, limit is {max_record_bytes}",
+                value.len()
+            ),
         ));
     }
-    let text = std::str::from_utf8(value)
-        .map_err(|e| DeadLetter::new(DlqReason::NotUtf8, format!("invalid UTF-8 at byte {}", e.valid_up_to())))?;
-    let event: super::InventoryEvent = serde_json::from_str(text).map_err(|e| invalid(e.to_string()))?;
+    let text = std::str::from_utf8(value).map_err(|e| {
+        DeadLetter::new(
+            DlqReason::NotUtf8,
+            format!("invalid UTF-8 at byte {}", e.valid_up_to()),
+        )
+    })?;
+    let event: super::InventoryEvent =
+        serde_json::from_str(text).map_err(|e| invalid(e.to_string()))?;
     if event.sku().is_empty() {
         return Err(invalid("sku is empty".into()));
     }
     if key.is_some_and(|k| k != event.sku().as_bytes()) {
-        return Err(DeadLetter::new(DlqReason::KeyMismatch, "record key differs from sku"));
+        return Err(DeadLetter::new(
+            DlqReason::KeyMismatch,
+            "record key differs from sku",
+        ));
     }
-    if let super::InventoryEvent::StockSet { available, prices, .. } = &event {
+    if let super::InventoryEvent::StockSet {
+        available, prices, ..
+    } = &event
+    {
         if *available < 0 {
-            return Err(invalid(format!("available is {available}, must be at least 0")));
+            return Err(invalid(format!(
+                "available is {available}, must be at least 0"
+            )));
         }
         if let Some((currency, price)) = prices.iter().find(|(_, p)| **p < 0) {
-            return Err(invalid(format!("price in {currency} is {price}, must be at least 0")));
+            return Err(invalid(format!(
+                "price in {currency} is {price}, must be at least 0"
+            )));
         }
     }
     Ok(event)
@@ -246,50 +305,102 @@ mod tests {
     #[test]
     fn decodes_placed_and_ignores_unknown_fields() {
         let d = decode_order(Some(b"o-1"), Some(placed("o-1").as_bytes()), MAX);
-        let Decoded::Event(OrderEvent::Placed(p)) = d else { panic!("{d:?}") };
+        let Decoded::Event(OrderEvent::Placed(p)) = d else {
+            panic!("{d:?}")
+        };
         assert_eq!(p.addresses.unwrap()["h"].name, "Zoë 🏠");
     }
 
     #[test]
     fn decodes_cancelled() {
         let v = br#"{"type":"order_cancelled","order_id":"o-1","reason":"customer_request"}"#;
-        assert!(matches!(decode_order(Some(b"o-1"), Some(v), MAX), Decoded::Event(OrderEvent::Cancelled(_))));
+        assert!(matches!(
+            decode_order(Some(b"o-1"), Some(v), MAX),
+            Decoded::Event(OrderEvent::Cancelled(_))
+        ));
     }
 
     #[test]
     fn dead_letters_each_unreadable_kind() {
-        assert_eq!(dlq_reason(decode_order(Some(b"o-1"), Some(placed("o-1").as_bytes()), 10)), DlqReason::TooLarge);
-        assert_eq!(dlq_reason(decode_order(Some(b"k"), Some(b"\xff\xfe{}"), MAX)), DlqReason::NotUtf8);
-        assert_eq!(dlq_reason(decode_order(Some(b"k"), Some(b"{not json"), MAX)), DlqReason::NotJson);
-        assert_eq!(dlq_reason(decode_order(Some(b"k"), None, MAX)), DlqReason::NotJson);
-        assert_eq!(dlq_reason(decode_order(Some(b"k"), Some(b"[1,2]"), MAX)), DlqReason::NotAnOrderEvent);
         assert_eq!(
-            dlq_reason(decode_order(Some(b"k"), Some(br#"{"type":"order_shipped","order_id":"k"}"#), MAX)),
+            dlq_reason(decode_order(
+                Some(b"o-1"),
+                Some(placed("o-1").as_bytes()),
+                10
+            )),
+            DlqReason::TooLarge
+        );
+        assert_eq!(
+            dlq_reason(decode_order(Some(b"k"), Some(b"\xff\xfe{}"), MAX)),
+            DlqReason::NotUtf8
+        );
+        assert_eq!(
+            dlq_reason(decode_order(Some(b"k"), Some(b"{not json"), MAX)),
+            DlqReason::NotJson
+        );
+        assert_eq!(
+            dlq_reason(decode_order(Some(b"k"), None, MAX)),
+            DlqReason::NotJson
+        );
+        assert_eq!(
+            dlq_reason(decode_order(Some(b"k"), Some(b"[1,2]"), MAX)),
             DlqReason::NotAnOrderEvent
         );
         assert_eq!(
-            dlq_reason(decode_order(Some(b"k"), Some(br#"{"type":"order_placed"}"#), MAX)),
+            dlq_reason(decode_order(
+                Some(b"k"),
+                Some(br#"{"type":"order_shipped","order_id":"k"}"#),
+                MAX
+            )),
+            DlqReason::NotAnOrderEvent
+        );
+        assert_eq!(
+            dlq_reason(decode_order(
+                Some(b"k"),
+                Some(br#"{"type":"order_placed"}"#),
+                MAX
+            )),
             DlqReason::MissingOrderId
         );
         assert_eq!(
-            dlq_reason(decode_order(Some(b"k"), Some(br#"{"type":"order_placed","order_id":7}"#), MAX)),
+            dlq_reason(decode_order(
+                Some(b"k"),
+                Some(br#"{"type":"order_placed","order_id":7}"#),
+                MAX
+            )),
             DlqReason::MissingOrderId
         );
-        assert_eq!(dlq_reason(decode_order(Some(b"o-2"), Some(placed("o-1").as_bytes()), MAX)), DlqReason::KeyMismatch);
-        assert_eq!(dlq_reason(decode_order(None, Some(placed("o-1").as_bytes()), MAX)), DlqReason::KeyMismatch);
+        assert_eq!(
+            dlq_reason(decode_order(
+                Some(b"o-2"),
+                Some(placed("o-1").as_bytes()),
+                MAX
+            )),
+            DlqReason::KeyMismatch
+        );
+        assert_eq!(
+            dlq_reason(decode_order(None, Some(placed("o-1").as_bytes()), MAX)),
+            DlqReason::KeyMismatch
+        );
     }
 
     #[test]
     fn deep_nesting_is_not_json_not_a_crash() {
         let deep = format!("{}{}", "[".repeat(10_000), "]".repeat(10_000));
-        assert_eq!(dlq_reason(decode_order(Some(b"k"), Some(deep.as_bytes()), 1 << 20)), DlqReason::NotJson);
+        assert_eq!(
+            dlq_reason(decode_order(Some(b"k"), Some(deep.as_bytes()), 1 << 20)),
+            DlqReason::NotJson
+        );
     }
 
     #[test]
     fn badly_typed_placed_is_invalid_order() {
         let v = br#"{"type":"order_placed","order_id":"o-9","lines":[{"sku":"S","quantity":99999999999999999999}]}"#;
         match decode_order(Some(b"o-9"), Some(v), MAX) {
-            Decoded::Invalid { order_id, rejection } => {
+            Decoded::Invalid {
+                order_id,
+                rejection,
+            } => {
                 assert_eq!(order_id, "o-9");
                 assert_eq!(rejection.reason, Reason::InvalidOrder);
             }
@@ -299,11 +410,23 @@ mod tests {
 
     #[test]
     fn inventory_events() {
-        let ok = decode_inventory(Some(b"S"), Some(br#"{"type":"stock_set","sku":"S","available":3}"#), MAX);
+        let ok = decode_inventory(
+            Some(b"S"),
+            Some(br#"{"type":"stock_set","sku":"S","available":3}"#),
+            MAX,
+        );
         assert!(ok.is_ok());
-        let neg = decode_inventory(Some(b"S"), Some(br#"{"type":"stock_set","sku":"S","available":-3}"#), MAX);
+        let neg = decode_inventory(
+            Some(b"S"),
+            Some(br#"{"type":"stock_set","sku":"S","available":-3}"#),
+            MAX,
+        );
         assert_eq!(neg.unwrap_err().reason, DlqReason::InvalidInventoryEvent);
-        let adj = decode_inventory(None, Some(br#"{"type":"stock_adjusted","sku":"S","delta":-2}"#), MAX);
+        let adj = decode_inventory(
+            None,
+            Some(br#"{"type":"stock_adjusted","sku":"S","delta":-2}"#),
+            MAX,
+        );
         assert!(adj.is_ok());
     }
 }

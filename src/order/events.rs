@@ -37,7 +37,12 @@ pub struct StatusEvent {
 }
 
 impl StatusEvent {
-    pub fn new(order_id: &str, status: Status, rejection: Option<&Rejection>, now: OffsetDateTime) -> Self {
+    pub fn new(
+        order_id: &str,
+        status: Status,
+        rejection: Option<&Rejection>,
+        now: OffsetDateTime,
+    ) -> Self {
         StatusEvent {
             event_id: format!("{order_id}:{}", status.as_str()),
             order_id: order_id.to_string(),
@@ -97,7 +102,10 @@ pub fn requested(order: &ValidOrder) -> Vec<FulfillmentEvent> {
                 .lines
                 .iter()
                 .filter(|line| &line.ship_to == key)
-                .map(|line| FulfillmentLine { sku: line.sku.clone(), quantity: line.quantity })
+                .map(|line| FulfillmentLine {
+                    sku: line.sku.clone(),
+                    quantity: line.quantity,
+                })
                 .collect();
             if lines.is_empty() {
                 return None;
@@ -136,7 +144,9 @@ pub fn cancelled(order_id: &str, address_key: &str) -> FulfillmentEvent {
 /// RFC 3339 in UTC with milliseconds, as the contract's examples.
 pub fn format_time(t: OffsetDateTime) -> String {
     let t = t.to_offset(time::UtcOffset::UTC);
-    let t = t.replace_nanosecond(t.millisecond() as u32 * 1_000_000).unwrap_or(t);
+    let t = t
+        .replace_nanosecond(t.millisecond() as u32 * 1_000_000)
+        .unwrap_or(t);
     t.format(&Rfc3339).unwrap_or_default()
 }
 
@@ -152,9 +162,18 @@ mod tests {
         assert_eq!(events.len(), 2);
         let json = serde_json::to_string(&events[0]).unwrap();
         assert!(json.contains("Zoë Ørsted 🏠"), "{json}");
-        assert!(json.contains(r#""event_id":"o-42/home:requested""#), "{json}");
-        let FulfillmentEvent::FulfillmentRequested { lines, .. } = &events[1] else { panic!() };
-        assert_eq!(lines.len(), 2, "office gets SKU-9 and the second SKU-1 line");
+        assert!(
+            json.contains(r#""event_id":"o-42/home:requested""#),
+            "{json}"
+        );
+        let FulfillmentEvent::FulfillmentRequested { lines, .. } = &events[1] else {
+            panic!()
+        };
+        assert_eq!(
+            lines.len(),
+            2,
+            "office gets SKU-9 and the second SKU-1 line"
+        );
     }
 
     #[test]

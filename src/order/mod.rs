@@ -59,7 +59,10 @@ pub struct Rejection {
 
 impl Rejection {
     pub fn new(reason: Reason, detail: impl Into<String>) -> Self {
-        Rejection { reason, detail: detail.into() }
+        Rejection {
+            reason,
+            detail: detail.into(),
+        }
     }
 }
 

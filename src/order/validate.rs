@@ -42,9 +42,15 @@ impl Default for Limits {
             max_text_chars: 256,
             max_addresses: 10,
             max_payments: 5,
-            payment_methods: ["card", "wallet", "bank_transfer", "cash_on_delivery", "gift_card"]
-                .map(String::from)
-                .to_vec(),
+            payment_methods: [
+                "card",
+                "wallet",
+                "bank_transfer",
+                "cash_on_delivery",
+                "gift_card",
+            ]
+            .map(String::from)
+            .to_vec(),
             methods_without_authorization: vec!["cash_on_delivery".to_string()],
         }
     }
@@ -81,7 +87,10 @@ fn check_text(value: &str, field: &str, limits: &Limits) -> Result<(), Rejection
         return Err(invalid(format!("{field} is empty")));
     }
     if chars > limits.max_text_chars {
-        return Err(invalid(format!("{field} has {chars} characters, limit is {}", limits.max_text_chars)));
+        return Err(invalid(format!(
+            "{field} has {chars} characters, limit is {}",
+            limits.max_text_chars
+        )));
     }
     Ok(())
 }
@@ -99,7 +108,10 @@ fn check_address(key: &str, address: &Address, limits: &Limits) -> Result<(), Re
         }
     }
     if !codes::is_country(&address.country) {
-        return Err(invalid(format!("{} is not an ISO 3166-1 alpha-2 code", field("country"))));
+        return Err(invalid(format!(
+            "{} is not an ISO 3166-1 alpha-2 code",
+            field("country")
+        )));
     }
     Ok(())
 }
@@ -118,7 +130,11 @@ pub fn validate(order: OrderPlaced, limits: &Limits) -> Result<ValidOrder, Rejec
     let payments = required(order.payments, "payments")?;
 
     if lines.is_empty() || lines.len() > limits.max_lines {
-        return Err(invalid(format!("order has {} lines, must have 1 to {}", lines.len(), limits.max_lines)));
+        return Err(invalid(format!(
+            "order has {} lines, must have 1 to {}",
+            lines.len(),
+            limits.max_lines
+        )));
     }
     if addresses.is_empty() || addresses.len() > limits.max_addresses {
         return Err(invalid(format!(
@@ -128,7 +144,11 @@ pub fn validate(order: OrderPlaced, limits: &Limits) -> Result<ValidOrder, Rejec
         )));
     }
     if payments.len() > limits.max_payments {
-        return Err(invalid(format!("order has {} payments, limit is {}", payments.len(), limits.max_payments)));
+        return Err(invalid(format!(
+            "order has {} payments, limit is {}",
+            payments.len(),
+            limits.max_payments
+        )));
     }
     for (key, address) in &addresses {
         check_address(key, address, limits)?;
@@ -147,7 +167,9 @@ pub fn validate(order: OrderPlaced, limits: &Limits) -> Result<ValidOrder, Rejec
             return Err(invalid(format!("lines[{i}].unit_price_minor is negative")));
         }
         if !addresses.contains_key(&line.ship_to) {
-            return Err(invalid(format!("lines[{i}].ship_to names no address of the order")));
+            return Err(invalid(format!(
+                "lines[{i}].ship_to names no address of the order"
+            )));
         }
         total_minor = line
             .quantity
@@ -163,7 +185,9 @@ pub fn validate(order: OrderPlaced, limits: &Limits) -> Result<ValidOrder, Rejec
     for (i, payment) in payments.iter().enumerate() {
         check_text(&payment.method, &format!("payments[{i}].method"), limits)?;
         if payment.amount_minor < 1 {
-            return Err(invalid(format!("payments[{i}].amount_minor must be at least 1")));
+            return Err(invalid(format!(
+                "payments[{i}].amount_minor must be at least 1"
+            )));
         }
         if let Some(auth) = &payment.authorization_id {
             check_text(auth, &format!("payments[{i}].authorization_id"), limits)?;
@@ -171,9 +195,15 @@ pub fn validate(order: OrderPlaced, limits: &Limits) -> Result<ValidOrder, Rejec
     }
     if !codes::is_currency(&currency) {
         let shown: String = currency.chars().take(8).collect();
-        return Err(Rejection::new(Reason::UnknownCurrency, format!("currency {shown:?} is not an ISO 4217 code")));
+        return Err(Rejection::new(
+            Reason::UnknownCurrency,
+            format!("currency {shown:?} is not an ISO 4217 code"),
+        ));
     }
-    let demand = demand.into_iter().map(|(sku, units)| (sku.to_string(), units)).collect();
+    let demand = demand
+        .into_iter()
+        .map(|(sku, units)| (sku.to_string(), units))
+        .collect();
     Ok(ValidOrder {
         order_id: order.order_id,
         customer_id,
@@ -197,18 +227,29 @@ pub fn check_payments(order: &ValidOrder, limits: &Limits) -> Result<(), Rejecti
     let mut paid: i64 = 0;
     for (i, payment) in order.payments.iter().enumerate() {
         if !limits.payment_methods.contains(&payment.method) {
-            return Err(mismatch(format!("payments[{i}].method {:?} is not accepted", payment.method)));
+            return Err(mismatch(format!(
+                "payments[{i}].method {:?} is not accepted",
+                payment.method
+            )));
         }
-        let needs_authorization = !limits.methods_without_authorization.contains(&payment.method);
+        let needs_authorization = !limits
+            .methods_without_authorization
+            .contains(&payment.method);
         if needs_authorization && payment.authorization_id.is_none() {
-            return Err(mismatch(format!("payments[{i}] ({}) has no authorization_id", payment.method)));
+            return Err(mismatch(format!(
+                "payments[{i}] ({}) has no authorization_id",
+                payment.method
+            )));
         }
         paid = paid
             .checked_add(payment.amount_minor)
             .ok_or_else(|| Rejection::new(Reason::InvalidOrder, "payment amounts overflow"))?;
     }
     if paid != order.total_minor {
-        return Err(mismatch(format!("payments add up to {paid}, order total is {}", order.total_minor)));
+        return Err(mismatch(format!(
+            "payments add up to {paid}, order total is {}",
+            order.total_minor
+        )));
     }
     Ok(())
 }
@@ -233,17 +274,40 @@ pub(crate) mod tests {
             placed_at: Some("2026-11-23T12:00:00.123Z".into()),
             currency: Some("EUR".into()),
             lines: Some(vec![
-                Line { sku: "SKU-1".into(), quantity: 2, unit_price_minor: 1999, ship_to: "home".into() },
-                Line { sku: "SKU-9".into(), quantity: 1, unit_price_minor: 500, ship_to: "office".into() },
-                Line { sku: "SKU-1".into(), quantity: 1, unit_price_minor: 1999, ship_to: "office".into() },
+                Line {
+                    sku: "SKU-1".into(),
+                    quantity: 2,
+                    unit_price_minor: 1999,
+                    ship_to: "home".into(),
+                },
+                Line {
+                    sku: "SKU-9".into(),
+                    quantity: 1,
+                    unit_price_minor: 500,
+                    ship_to: "office".into(),
+                },
+                Line {
+                    sku: "SKU-1".into(),
+                    quantity: 1,
+                    unit_price_minor: 1999,
+                    ship_to: "office".into(),
+                },
             ]),
             addresses: Some(BTreeMap::from([
                 ("home".to_string(), address("Zoë Ørsted 🏠")),
                 ("office".to_string(), address("Zoë Ørsted 🏢")),
             ])),
             payments: Some(vec![
-                Payment { method: "card".into(), amount_minor: 6000, authorization_id: Some("a1".into()) },
-                Payment { method: "cash_on_delivery".into(), amount_minor: 497, authorization_id: None },
+                Payment {
+                    method: "card".into(),
+                    amount_minor: 6000,
+                    authorization_id: Some("a1".into()),
+                },
+                Payment {
+                    method: "cash_on_delivery".into(),
+                    amount_minor: 497,
+                    authorization_id: None,
+                },
             ]),
         }
     }
@@ -260,7 +324,10 @@ pub(crate) mod tests {
     fn valid_order_totals_and_demand() {
         let valid = validate(sample_order("o-1"), &Limits::default()).unwrap();
         assert_eq!(valid.total_minor, 3 * 1999 + 500);
-        assert_eq!(valid.demand, vec![("SKU-1".to_string(), 3), ("SKU-9".to_string(), 1)]);
+        assert_eq!(
+            valid.demand,
+            vec![("SKU-1".to_string(), 3), ("SKU-9".to_string(), 1)]
+        );
         check_payments(&valid, &Limits::default()).unwrap();
     }
 
@@ -269,18 +336,56 @@ pub(crate) mod tests {
         let cases: Vec<(&str, Box<dyn Fn(&mut OrderPlaced)>)> = vec![
             ("no lines", Box::new(|o| o.lines = Some(vec![]))),
             ("missing customer", Box::new(|o| o.customer_id = None)),
-            ("zero quantity", Box::new(|o| o.lines.as_mut().unwrap()[0].quantity = 0)),
-            ("quantity over max", Box::new(|o| o.lines.as_mut().unwrap()[0].quantity = 101)),
-            ("unknown ship_to", Box::new(|o| o.lines.as_mut().unwrap()[0].ship_to = "moon".into())),
-            ("bad country", Box::new(|o| o.addresses.as_mut().unwrap().get_mut("home").unwrap().country = "XX".into())),
-            ("long name", Box::new(|o| o.addresses.as_mut().unwrap().get_mut("home").unwrap().name = "é".repeat(257))),
-            ("empty city", Box::new(|o| o.addresses.as_mut().unwrap().get_mut("home").unwrap().city = String::new())),
-            ("bad time", Box::new(|o| o.placed_at = Some("yesterday".into()))),
-            ("overflow", Box::new(|o| o.lines.as_mut().unwrap()[0].unit_price_minor = i64::MAX / 2)),
-            ("too many lines", Box::new(|o| {
-                let line = o.lines.as_ref().unwrap()[0].clone();
-                o.lines = Some(vec![line; 101]);
-            })),
+            (
+                "zero quantity",
+                Box::new(|o| o.lines.as_mut().unwrap()[0].quantity = 0),
+            ),
+            (
+                "quantity over max",
+                Box::new(|o| o.lines.as_mut().unwrap()[0].quantity = 101),
+            ),
+            (
+                "unknown ship_to",
+                Box::new(|o| o.lines.as_mut().unwrap()[0].ship_to = "moon".into()),
+            ),
+            (
+                "bad country",
+                Box::new(|o| {
+                    o.addresses
+                        .as_mut()
+                        .unwrap()
+                        .get_mut("home")
+                        .unwrap()
+                        .country = "XX".into()
+                }),
+            ),
+            (
+                "long name",
+                Box::new(|o| {
+                    o.addresses.as_mut().unwrap().get_mut("home").unwrap().name = "é".repeat(257)
+                }),
+            ),
+            (
+                "empty city",
+                Box::new(|o| {
+                    o.addresses.as_mut().unwrap().get_mut("home").unwrap().city = String::new()
+                }),
+            ),
+            (
+                "bad time",
+                Box::new(|o| o.placed_at = Some("yesterday".into())),
+            ),
+            (
+                "overflow",
+                Box::new(|o| o.lines.as_mut().unwrap()[0].unit_price_minor = i64::MAX / 2),
+            ),
+            (
+                "too many lines",
+                Box::new(|o| {
+                    let line = o.lines.as_ref().unwrap()[0].clone();
+                    o.lines = Some(vec![line; 101]);
+                }),
+            ),
         ];
         for (name, mutate) in cases {
             let mut order = sample_order("o-1");
@@ -292,7 +397,13 @@ pub(crate) mod tests {
     #[test]
     fn text_limit_counts_characters_not_bytes() {
         let mut order = sample_order("o-1");
-        order.addresses.as_mut().unwrap().get_mut("home").unwrap().name = "🏠".repeat(256);
+        order
+            .addresses
+            .as_mut()
+            .unwrap()
+            .get_mut("home")
+            .unwrap()
+            .name = "🏠".repeat(256);
         assert!(validate(order, &Limits::default()).is_ok());
     }
 
@@ -302,7 +413,11 @@ pub(crate) mod tests {
         order.currency = Some("EURO".into());
         assert_eq!(reject(order.clone()).reason, Reason::UnknownCurrency);
         order.lines = Some(vec![]);
-        assert_eq!(reject(order).reason, Reason::InvalidOrder, "first reason in table order wins");
+        assert_eq!(
+            reject(order).reason,
+            Reason::InvalidOrder,
+            "first reason in table order wins"
+        );
     }
 
     #[test]
