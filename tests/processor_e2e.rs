@@ -27,6 +27,9 @@ enum Expect {
     Limited,
 }
 
+/// (expected `error` header, key, value) of an unreadable record.
+type DeadRecord = (&'static str, Option<Vec<u8>>, Vec<u8>);
+
 struct Scenario {
     inventory: Vec<Value>,
     /// (key, value) in send order.
@@ -35,7 +38,7 @@ struct Scenario {
     /// order_id → the order as sent (for checking fulfillments).
     placed: HashMap<String, Value>,
     /// Unreadable records sent, by the `error` header they must get.
-    dead: Vec<(&'static str, Option<Vec<u8>>, Vec<u8>)>,
+    dead: Vec<DeadRecord>,
     stock: HashMap<String, i64>,
 }
 

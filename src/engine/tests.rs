@@ -235,13 +235,16 @@ fn op() -> impl Strategy<Value = Op> {
     ]
 }
 
+type Holding = (usize, BTreeMap<usize, u32>);
+
 /// The plain model: stock and holdings in hash maps, one order at a time.
 #[derive(Default)]
 struct Model {
     stock: HashMap<usize, i64>,
     reserved: HashMap<usize, i64>,
     held: HashMap<(usize, usize), u32>,
-    orders: HashMap<usize, Option<(usize, BTreeMap<usize, u32>)>>, // Some = accepted and not cancelled
+    /// Some((customer, units per SKU)) while accepted and not cancelled.
+    orders: HashMap<usize, Option<Holding>>,
 }
 
 const LIMIT_SKU: usize = 2;

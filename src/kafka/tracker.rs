@@ -105,12 +105,10 @@ pub mod token {
     }
 
     pub fn unpack(token: usize) -> Option<(i32, i64)> {
-        (token != UNTRACKED).then(|| {
-            (
-                (token >> OFFSET_BITS) as i32,
-                (token & ((1 << OFFSET_BITS) - 1)) as i64,
-            )
-        })
+        (token != UNTRACKED).then_some((
+            (token >> OFFSET_BITS) as i32,
+            (token & ((1 << OFFSET_BITS) - 1)) as i64,
+        ))
     }
 }
 

@@ -333,7 +333,8 @@ pub(crate) mod tests {
 
     #[test]
     fn invalid_orders() {
-        let cases: Vec<(&str, Box<dyn Fn(&mut OrderPlaced)>)> = vec![
+        type Mutation = Box<dyn Fn(&mut OrderPlaced)>;
+        let cases: Vec<(&str, Mutation)> = vec![
             ("no lines", Box::new(|o| o.lines = Some(vec![]))),
             ("missing customer", Box::new(|o| o.customer_id = None)),
             (
