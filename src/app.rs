@@ -2,7 +2,7 @@
 //! together, and shuts them down in the order that loses nothing.
 
 use crate::config::{Config, LogConfig, MetricsConfig};
-use crate::engine::Engine;
+use crate::engine::{Engine, OrderBook};
 use crate::inventory::Inventory;
 use crate::kafka::source::{self, SourceContext, SourceShared};
 use crate::kafka::{self, inventory_feed, sink::Sink, tracker::OffsetTracker, worker::Shard};
@@ -11,6 +11,7 @@ use crate::telemetry;
 use anyhow::Context;
 use metrics_exporter_prometheus::PrometheusHandle;
 use rdkafka::consumer::{BaseConsumer, Consumer};
+use std::collections::HashMap;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -74,6 +75,8 @@ pub fn run(config: Config, shutdown: Shutdown) -> anyhow::Result<()> {
     let inventory = Arc::new(Inventory::new());
     let feed = inventory_feed::start(&config, inventory.clone(), sink.clone(), shutdown.clone())
         .context("reading the inventory topic")?;
+    let mut books = kafka::recovery::restore(&config, &inventory, &shutdown)
+        .context("restoring state from the status topic")?;
     let engine = Arc::new(Engine::new(inventory.clone(), config.limits.clone()));
 
     let shared = Arc::new(SourceShared::new(
@@ -101,12 +104,13 @@ pub fn run(config: Config, shutdown: Shutdown) -> anyhow::Result<()> {
             topics: config.topics.clone(),
             dedup_window_orders: config.engine.dedup_window_orders,
         };
+        let shard_count = config.engine.shards;
+        let restored: HashMap<i32, OrderBook> = books
+            .extract_if(|partition, _| *partition as usize % shard_count == id)
+            .collect();
         queues.push(tx);
-        shards.push(
-            std::thread::Builder::new()
-                .name(format!("shard-{id}"))
-                .spawn(move || shard.run(rx))?,
-        );
+        let thread = std::thread::Builder::new().name(format!("shard-{id}"));
+        shards.push(thread.spawn(move || shard.run(rx, restored))?);
     }
     let gauges = spawn_gauges(
         inventory,

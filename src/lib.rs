@@ -12,6 +12,8 @@
 //!   per-partition order book that dedups and remembers accepted orders.
 //! - [`kafka`]: the source (consumer, inventory feed), the shards that run
 //!   the engine, and the sink (producer with delivery tracking, DLQ).
+//! - [`state`]: the changelog written beside each status, and the restore
+//!   that rebuilds books and reservations from it after a restart.
 //! - [`telemetry`]: every metric name, help text and bucket in one place.
 //! - [`app`]: wires it all together for `orderflow run`.
 
@@ -22,4 +24,5 @@ pub mod inventory;
 pub mod kafka;
 pub mod order;
 pub mod shutdown;
+pub mod state;
 pub mod telemetry;

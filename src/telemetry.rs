@@ -23,6 +23,8 @@ pub const ORDERS_TOTAL: &str = "orderflow_orders_total";
 pub const ORDERS_REJECTED_TOTAL: &str = "orderflow_orders_rejected_total";
 pub const DLQ_TOTAL: &str = "orderflow_dlq_records_total";
 pub const CANCELS_IGNORED_TOTAL: &str = "orderflow_cancellations_ignored_total";
+pub const REPLAYED_TOTAL: &str = "orderflow_records_replayed_total";
+pub const RECOVERED_ORDERS_TOTAL: &str = "orderflow_recovered_orders_total";
 pub const ORDER_LATENCY_SECONDS: &str = "orderflow_order_latency_seconds";
 pub const PROCESSING_SECONDS: &str = "orderflow_processing_seconds";
 pub const INVENTORY_AVAILABLE_UNITS: &str = "orderflow_inventory_available_units";
@@ -83,6 +85,14 @@ pub fn describe() {
         CANCELS_IGNORED_TOTAL,
         "Cancellations of unknown, rejected or cancelled orders."
     );
+    describe_counter!(
+        REPLAYED_TOTAL,
+        "Records read again after a restart or rebalance."
+    );
+    describe_counter!(
+        RECOVERED_ORDERS_TOTAL,
+        "Order decisions restored from the status topic."
+    );
     describe_histogram!(
         ORDER_LATENCY_SECONDS,
         Unit::Seconds,
@@ -127,6 +137,7 @@ struct Handles {
     rejected: [Counter; 7],
     dlq: [Counter; 7],
     cancels_ignored: Counter,
+    replayed: Counter,
     latency: Histogram,
     processing: Histogram,
     fulfillments: [Counter; 2],
@@ -141,6 +152,7 @@ fn handles() -> &'static Handles {
             .map(|reason| counter!(ORDERS_REJECTED_TOTAL, "reason" => reason.as_str())),
         dlq: DlqReason::ALL.map(|reason| counter!(DLQ_TOTAL, "error" => reason.as_str())),
         cancels_ignored: counter!(CANCELS_IGNORED_TOTAL),
+        replayed: counter!(REPLAYED_TOTAL),
         latency: histogram!(ORDER_LATENCY_SECONDS),
         processing: histogram!(PROCESSING_SECONDS),
         fulfillments: ["fulfillment_requested", "fulfillment_cancelled"]
@@ -168,6 +180,10 @@ pub fn order_processed(outcome: Outcome, latency: Option<Duration>, processing: 
             h.outcomes[3].increment(1);
             tracing::debug!("duplicate order placement ignored");
         }
+        Outcome::Replayed => {
+            h.replayed.increment(1);
+            tracing::debug!("record replayed after a restart or rebalance; follow-ups sent again");
+        }
         Outcome::CancelIgnored => {
             h.cancels_ignored.increment(1);
             tracing::debug!("cancellation of an order without an active acceptance ignored");
@@ -189,6 +205,11 @@ pub fn order_processed(outcome: Outcome, latency: Option<Duration>, processing: 
         h.latency.record(latency.as_secs_f64());
     }
     h.processing.record(processing.as_secs_f64());
+}
+
+/// Decisions restored from the status topic at start.
+pub fn orders_recovered(count: u64) {
+    counter!(RECOVERED_ORDERS_TOTAL).increment(count);
 }
 
 pub fn fulfillment_emitted(kind: &str) {

@@ -5,18 +5,36 @@
 use serde::{Deserialize, Serialize};
 use std::collections::{HashMap, VecDeque};
 
-/// What the processor remembers of a decided order.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
-pub enum OrderRecord {
-    Accepted {
-        customer_id: String,
-        /// Units per SKU, sorted by SKU, as reserved.
-        demand: Vec<(String, u32)>,
-        /// Address keys of the order's shipments.
-        shipments: Vec<String>,
-    },
+/// Where a decided order stands.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub enum OrderState {
+    Accepted,
     Rejected,
     Cancelled,
+}
+
+/// What an accepted (or once accepted, now cancelled) order holds.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Holding {
+    pub customer_id: String,
+    /// Units per SKU, sorted by SKU, as reserved.
+    pub demand: Vec<(String, u32)>,
+    /// Address keys of the order's shipments.
+    pub shipments: Vec<String>,
+}
+
+/// What the processor remembers of a decided order. This is also the
+/// changelog entry written beside each status (see `state`), from which a
+/// restarted processor rebuilds its books and reservations.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct OrderRecord {
+    pub state: OrderState,
+    /// Offset (in the order's partition) of the record that brought the
+    /// order to this state. A record seen again at the same offset is a
+    /// replay after a crash or rebalance, not an upstream duplicate.
+    pub offset: i64,
+    /// `None` for rejected orders.
+    pub holding: Option<Holding>,
 }
 
 /// Decided orders of one partition, bounded: past `capacity` orders the
@@ -47,12 +65,13 @@ impl OrderBook {
         self.orders.get(order_id)
     }
 
-    /// Remembers a newly decided order, forgetting the oldest past capacity.
+    /// Remembers a newly decided order, forgetting the oldest past capacity;
+    /// for a known order, changes its record (accepted → cancelled).
     pub fn insert(&mut self, order_id: String, record: OrderRecord) {
-        debug_assert!(
-            !self.orders.contains_key(&order_id),
-            "an order is decided once"
-        );
+        if let Some(slot) = self.orders.get_mut(&order_id) {
+            *slot = record;
+            return;
+        }
         while self.arrival.len() >= self.capacity {
             if let Some(oldest) = self.arrival.pop_front() {
                 self.orders.remove(&oldest);
@@ -61,13 +80,6 @@ impl OrderBook {
         }
         self.arrival.push_back(order_id.clone());
         self.orders.insert(order_id, record);
-    }
-
-    /// Changes the record of a known order (accepted → cancelled).
-    pub fn replace(&mut self, order_id: &str, record: OrderRecord) {
-        if let Some(slot) = self.orders.get_mut(order_id) {
-            *slot = record;
-        }
     }
 
     pub fn len(&self) -> usize {
@@ -91,8 +103,15 @@ mod tests {
     #[test]
     fn forgets_oldest_past_capacity() {
         let mut book = OrderBook::new(2);
-        for id in ["a", "b", "c"] {
-            book.insert(id.to_string(), OrderRecord::Rejected);
+        for (offset, id) in ["a", "b", "c"].into_iter().enumerate() {
+            book.insert(
+                id.to_string(),
+                OrderRecord {
+                    state: OrderState::Rejected,
+                    offset: offset as i64,
+                    holding: None,
+                },
+            );
         }
         assert!(book.get("a").is_none());
         assert!(book.get("b").is_some() && book.get("c").is_some());

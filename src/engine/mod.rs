@@ -13,7 +13,7 @@ use crate::order::decode::{decode_order, DeadLetter, Decoded, DlqReason};
 use crate::order::events::{self, Status, StatusEvent};
 use crate::order::validate::{check_payments, validate, Limits};
 use crate::order::{OrderEvent, OrderPlaced, Reason, Rejection};
-pub use book::{OrderBook, OrderRecord};
+pub use book::{Holding, OrderBook, OrderRecord, OrderState};
 use std::sync::Arc;
 use std::time::Duration;
 use time::OffsetDateTime;
@@ -29,15 +29,22 @@ pub enum Outcome {
     /// An `order_cancelled` for an order that is unknown, rejected or
     /// already cancelled: nothing changes.
     CancelIgnored,
+    /// The very record that decided an order, read again after a crash or
+    /// rebalance: its follow-up events are sent again (same event IDs), its
+    /// status and stock are not touched.
+    Replayed,
     DeadLetter(DlqReason),
 }
 
 /// An event to produce. Payloads are contract JSON; keys are order IDs.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Output {
+    /// A status, with the order's new record: the changelog entry that
+    /// travels with it, so a restart can rebuild state from the status topic.
     Status {
         order_id: String,
         payload: Vec<u8>,
+        record: OrderRecord,
     },
     Fulfillment {
         order_id: String,
@@ -83,11 +90,12 @@ impl Engine {
         &self.limits
     }
 
-    /// Processes one record of the `orders` topic: appends its output events
-    /// to `out` and returns what happened.
+    /// Processes the record at `offset` of the partition `book` belongs to:
+    /// appends its output events to `out` and returns what happened.
     pub fn process(
         &self,
         book: &mut OrderBook,
+        offset: i64,
         key: Option<&[u8]>,
         value: Option<&[u8]>,
         now: OffsetDateTime,
@@ -103,15 +111,15 @@ impl Engine {
                 order_id,
                 rejection,
             } => {
-                if book.get(&order_id).is_some() {
-                    return Processed::new(Outcome::Duplicate);
+                if let Some(seen) = book.get(&order_id) {
+                    return Processed::new(seen_again(seen, offset));
                 }
-                self.reject(book, &order_id, &rejection, now, out);
+                self.reject(book, offset, &order_id, &rejection, now, out);
                 Processed::new(Outcome::Rejected(rejection.reason))
             }
-            Decoded::Event(OrderEvent::Placed(order)) => self.place(book, order, now, out),
+            Decoded::Event(OrderEvent::Placed(order)) => self.place(book, offset, order, now, out),
             Decoded::Event(OrderEvent::Cancelled(cancel)) => {
-                self.cancel(book, &cancel.order_id, now, out)
+                self.cancel(book, offset, &cancel.order_id, now, out)
             }
         }
     }
@@ -119,47 +127,56 @@ impl Engine {
     fn place(
         &self,
         book: &mut OrderBook,
+        offset: i64,
         order: OrderPlaced,
         now: OffsetDateTime,
         out: &mut Vec<Output>,
     ) -> Processed {
-        if book.get(&order.order_id).is_some() {
-            return Processed::new(Outcome::Duplicate);
+        if let Some(seen) = book.get(&order.order_id) {
+            let outcome = seen_again(seen, offset);
+            if outcome == Outcome::Replayed && seen.state == OrderState::Accepted {
+                // Its fulfillments may not have reached the broker before the
+                // crash: send them again, rebuilt from the same record.
+                if let Ok(valid) = validate(order, &self.limits) {
+                    for fulfillment in events::requested(&valid) {
+                        push_fulfillment(out, &valid.order_id, &fulfillment);
+                    }
+                }
+            }
+            return Processed::new(outcome);
         }
         let order_id = order.order_id.clone();
         let valid = match validate(order, &self.limits) {
             Ok(valid) => valid,
             Err(rejection) => {
-                self.reject(book, &order_id, &rejection, now, out);
+                self.reject(book, offset, &order_id, &rejection, now, out);
                 return Processed::new(Outcome::Rejected(rejection.reason));
             }
         };
         let latency = (now - valid.placed_at).try_into().ok();
-        if let Err(rejection) = self
-            .inventory
-            .reserve(&valid, || check_payments(&valid, &self.limits))
-        {
-            self.reject(book, &order_id, &rejection, now, out);
+        let payments = || check_payments(&valid, &self.limits);
+        if let Err(rejection) = self.inventory.reserve(&valid, payments) {
+            self.reject(book, offset, &order_id, &rejection, now, out);
             return Processed {
                 outcome: Outcome::Rejected(rejection.reason),
                 latency,
             };
         }
-        push_status(
-            out,
-            &StatusEvent::new(&order_id, Status::Accepted, None, now),
-        );
+        let record = OrderRecord {
+            state: OrderState::Accepted,
+            offset,
+            holding: Some(Holding {
+                customer_id: valid.customer_id.clone(),
+                shipments: events::shipment_keys(&valid),
+                demand: valid.demand.clone(),
+            }),
+        };
+        let status = StatusEvent::new(&order_id, Status::Accepted, None, now);
+        push_status(out, &status, record.clone());
         for fulfillment in events::requested(&valid) {
             push_fulfillment(out, &order_id, &fulfillment);
         }
-        book.insert(
-            order_id,
-            OrderRecord::Accepted {
-                customer_id: valid.customer_id.clone(),
-                shipments: events::shipment_keys(&valid),
-                demand: valid.demand,
-            },
-        );
+        book.insert(order_id, record);
         Processed {
             outcome: Outcome::Accepted,
             latency,
@@ -169,51 +186,78 @@ impl Engine {
     fn reject(
         &self,
         book: &mut OrderBook,
+        offset: i64,
         order_id: &str,
         rejection: &Rejection,
         now: OffsetDateTime,
         out: &mut Vec<Output>,
     ) {
-        push_status(
-            out,
-            &StatusEvent::new(order_id, Status::Rejected, Some(rejection), now),
-        );
-        book.insert(order_id.to_string(), OrderRecord::Rejected);
+        let record = OrderRecord {
+            state: OrderState::Rejected,
+            offset,
+            holding: None,
+        };
+        let status = StatusEvent::new(order_id, Status::Rejected, Some(rejection), now);
+        push_status(out, &status, record.clone());
+        book.insert(order_id.to_string(), record);
     }
 
     fn cancel(
         &self,
         book: &mut OrderBook,
+        offset: i64,
         order_id: &str,
         now: OffsetDateTime,
         out: &mut Vec<Output>,
     ) -> Processed {
-        let Some(OrderRecord::Accepted {
-            customer_id,
-            demand,
-            shipments,
-        }) = book.get(order_id)
-        else {
+        let Some(seen) = book.get(order_id) else {
             return Processed::new(Outcome::CancelIgnored);
         };
-        self.inventory.release(customer_id, demand);
-        push_status(
-            out,
-            &StatusEvent::new(order_id, Status::Cancelled, None, now),
-        );
-        for key in shipments {
+        let Some(holding) = seen.holding.clone() else {
+            return Processed::new(Outcome::CancelIgnored); // rejected
+        };
+        let outcome = match seen.state {
+            OrderState::Accepted => {
+                self.inventory
+                    .release(&holding.customer_id, &holding.demand);
+                let record = OrderRecord {
+                    state: OrderState::Cancelled,
+                    offset,
+                    holding: Some(holding.clone()),
+                };
+                let status = StatusEvent::new(order_id, Status::Cancelled, None, now);
+                push_status(out, &status, record.clone());
+                book.insert(order_id.to_string(), record);
+                Outcome::Cancelled
+            }
+            // The cancellation itself, replayed: its shipment cancellations
+            // may not have reached the broker, so they go out again.
+            OrderState::Cancelled if seen.offset == offset => Outcome::Replayed,
+            _ => return Processed::new(Outcome::CancelIgnored),
+        };
+        for key in &holding.shipments {
             push_fulfillment(out, order_id, &events::cancelled(order_id, key));
         }
-        book.replace(order_id, OrderRecord::Cancelled);
-        Processed::new(Outcome::Cancelled)
+        Processed::new(outcome)
     }
 }
 
-fn push_status(out: &mut Vec<Output>, status: &StatusEvent) {
+/// An order the book already knows: a replay of the record that decided it
+/// (same offset), or an upstream duplicate.
+fn seen_again(seen: &OrderRecord, offset: i64) -> Outcome {
+    if seen.offset == offset {
+        Outcome::Replayed
+    } else {
+        Outcome::Duplicate
+    }
+}
+
+fn push_status(out: &mut Vec<Output>, status: &StatusEvent, record: OrderRecord) {
     let payload = serde_json::to_vec(status).expect("status events always serialize");
     out.push(Output::Status {
         order_id: status.order_id.clone(),
         payload,
+        record,
     });
 }
 

@@ -46,10 +46,37 @@ fn engine_with(stock: &[(&str, i64, Option<u32>)]) -> Engine {
     Engine::new(inventory, Limits::default())
 }
 
+/// Offsets only need to grow within a book; one counter serves all tests.
+static NEXT_OFFSET: std::sync::atomic::AtomicI64 = std::sync::atomic::AtomicI64::new(0);
+
 fn run(engine: &Engine, book: &mut OrderBook, id: &str, value: &[u8]) -> (Outcome, Vec<Output>) {
+    let offset = NEXT_OFFSET.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+    run_at(engine, book, offset, id, value)
+}
+
+fn run_at(
+    engine: &Engine,
+    book: &mut OrderBook,
+    offset: i64,
+    id: &str,
+    value: &[u8],
+) -> (Outcome, Vec<Output>) {
     let mut out = Vec::new();
-    let processed = engine.process(book, Some(id.as_bytes()), Some(value), now(), &mut out);
+    let processed = engine.process(
+        book,
+        offset,
+        Some(id.as_bytes()),
+        Some(value),
+        now(),
+        &mut out,
+    );
     (processed.outcome, out)
+}
+
+fn fulfillment_count(out: &[Output]) -> usize {
+    out.iter()
+        .filter(|o| matches!(o, Output::Fulfillment { .. }))
+        .count()
 }
 
 fn statuses(out: &[Output]) -> Vec<StatusEvent> {
@@ -91,6 +118,76 @@ fn accept_then_duplicate_then_cancel_once() {
         engine.inventory().get("A").unwrap().available(),
         5,
         "units come back exactly once"
+    );
+}
+
+#[test]
+fn replayed_records_resend_follow_ups_only() {
+    let engine = engine_with(&[("A", 5, None)]);
+    let mut book = OrderBook::new(100);
+    let order = order_json("o-1", "c-1", &[("A", 2)]);
+    assert_eq!(
+        run_at(&engine, &mut book, 10, "o-1", &order).0,
+        Outcome::Accepted
+    );
+    let (outcome, out) = run_at(&engine, &mut book, 10, "o-1", &order);
+    assert_eq!(outcome, Outcome::Replayed);
+    assert!(statuses(&out).is_empty(), "no second status");
+    assert_eq!(fulfillment_count(&out), 1, "fulfillment sent again");
+    assert_eq!(
+        engine.inventory().get("A").unwrap().available(),
+        3,
+        "stock taken once"
+    );
+    let (outcome, out) = run_at(&engine, &mut book, 11, "o-1", &order);
+    assert_eq!(
+        (outcome, out.len()),
+        (Outcome::Duplicate, 0),
+        "another offset is an upstream duplicate"
+    );
+
+    let cancel = cancel_json("o-1");
+    assert_eq!(
+        run_at(&engine, &mut book, 12, "o-1", &cancel).0,
+        Outcome::Cancelled
+    );
+    let (outcome, out) = run_at(&engine, &mut book, 12, "o-1", &cancel);
+    assert_eq!(
+        (outcome, statuses(&out).len(), fulfillment_count(&out)),
+        (Outcome::Replayed, 0, 1)
+    );
+    assert_eq!(
+        engine.inventory().get("A").unwrap().available(),
+        5,
+        "units given back once"
+    );
+    let (outcome, out) = run_at(&engine, &mut book, 10, "o-1", &order);
+    assert_eq!(
+        (outcome, out.len()),
+        (Outcome::Duplicate, 0),
+        "no fulfillment for a cancelled order"
+    );
+}
+
+#[test]
+fn status_carries_the_new_record() {
+    let engine = engine_with(&[("A", 5, None)]);
+    let mut book = OrderBook::new(100);
+    let (_, out) = run_at(
+        &engine,
+        &mut book,
+        7,
+        "o-1",
+        &order_json("o-1", "c-1", &[("A", 2)]),
+    );
+    let Some(Output::Status { record, .. }) = out.first() else {
+        panic!("{out:?}")
+    };
+    assert_eq!(record, book.get("o-1").unwrap());
+    assert_eq!((record.state, record.offset), (OrderState::Accepted, 7));
+    assert_eq!(
+        record.holding.as_ref().unwrap().demand,
+        vec![("A".to_string(), 2)]
     );
 }
 

@@ -188,6 +188,23 @@ impl Inventory {
         Ok(())
     }
 
+    /// Takes the units of an order accepted before a restart, as found in
+    /// the changelog. Unlike `reserve` nothing is checked: the decision was
+    /// made and published. A SKU not announced yet is created with no stock.
+    pub fn restore(&self, holding: &crate::engine::Holding) {
+        for (sku, units) in &holding.demand {
+            let cell = self.skus.entry(sku.clone()).or_default().clone();
+            let mut state = cell.lock();
+            state.reserved += i64::from(*units);
+            if state.max_per_customer.is_some() {
+                *state
+                    .per_customer
+                    .entry(holding.customer_id.clone())
+                    .or_default() += units;
+            }
+        }
+    }
+
     /// Gives back the units of an accepted order (on cancellation). The
     /// caller guarantees it is called at most once per accepted order.
     pub fn release(&self, customer_id: &str, demand: &[(String, u32)]) {

@@ -6,10 +6,14 @@
 //! - [`worker`]: a shard thread running the engine over its records.
 //! - [`inventory_feed`]: reads `inventory` to its end before orders are
 //!   decided, then keeps the cache current.
+//! - [`recovery`]: rebuilds books and reservations from the status topic.
+//! - [`catch_up`]: reading a whole topic before deciding anything.
 //! - [`sink`]: the producer, with delivery tracking and redelivery.
 //! - [`tracker`]: which consumed offsets are safe to commit.
 
+pub mod catch_up;
 pub mod inventory_feed;
+pub mod recovery;
 pub mod sink;
 pub mod source;
 pub mod tracker;

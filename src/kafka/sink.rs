@@ -1,10 +1,17 @@
 //! The producer side: status, fulfillment and dead-letter records.
 //!
-//! Sends never wait for the broker: records go into librdkafka's queue and a
-//! background thread reports deliveries, which feed the [`OffsetTracker`].
+//! Sends never wait for the broker: records go into librdkafka's queue and
+//! librdkafka's thread reports deliveries, which feed the [`OffsetTracker`].
+//!
+//! A record can carry follow-ups, sent only once it is acknowledged: the
+//! fulfillments of an order go out after its status. The status (with its
+//! changelog header) is the commit point of a decision, so a crash can never
+//! leave a fulfillment for an order whose decision was lost and then made
+//! differently after the restart.
+//!
 //! A record whose delivery failed after librdkafka's own retries is sent
-//! again by the redelivery thread with exponential backoff and jitter;
-//! its source offset stays uncommitted until it is acknowledged.
+//! again with exponential backoff and jitter; its source offset stays
+//! uncommitted until it is acknowledged, so nothing is dropped.
 
 use super::tracker::{token, OffsetTracker};
 use crate::order::decode::DeadLetter;
@@ -24,18 +31,28 @@ const REDELIVERY_BACKOFF_MAX: Duration = Duration::from_secs(10);
 /// Wait when librdkafka's local queue is full before trying again.
 const QUEUE_FULL_WAIT: Duration = Duration::from_millis(1);
 
-/// A record that failed delivery, owned so it can be sent again.
-struct Failed {
-    topic: String,
-    key: Option<Vec<u8>>,
-    payload: Option<Vec<u8>>,
-    headers: Option<OwnedHeaders>,
-    token: usize,
+/// An owned record to send.
+#[derive(Debug, Clone)]
+pub struct Outgoing {
+    pub topic: String,
+    pub key: Option<Vec<u8>>,
+    pub payload: Option<Vec<u8>>,
+    pub headers: Option<OwnedHeaders>,
 }
+
+/// What a delivery report needs: the source record's position, and the
+/// records to send once this one is acknowledged.
+pub struct Delivery {
+    token: usize,
+    then: Vec<Outgoing>,
+}
+
+type Resend = (Outgoing, Box<Delivery>);
 
 pub struct SinkContext {
     tracker: Arc<OffsetTracker>,
-    failed: Sender<Failed>,
+    failed: Sender<Resend>,
+    follow_ups: Sender<Resend>,
 }
 
 impl ClientContext for SinkContext {
@@ -45,26 +62,32 @@ impl ClientContext for SinkContext {
 }
 
 impl ProducerContext for SinkContext {
-    type DeliveryOpaque = usize;
+    type DeliveryOpaque = Box<Delivery>;
 
-    fn delivery(&self, result: &DeliveryResult<'_>, token: usize) {
+    fn delivery(&self, result: &DeliveryResult<'_>, mut delivery: Box<Delivery>) {
         match result {
             Ok(_) => {
-                if let Some((partition, offset)) = token::unpack(token) {
+                if let Some((partition, offset)) = token::unpack(delivery.token) {
                     self.tracker.delivered(partition, offset);
+                }
+                for next in delivery.then.drain(..) {
+                    let single = Box::new(Delivery {
+                        token: delivery.token,
+                        then: Vec::new(),
+                    });
+                    // The follow-up thread lives as long as the producer.
+                    let _ = self.follow_ups.send((next, single));
                 }
             }
             Err((error, message)) => {
                 telemetry::kafka_error(error_kind(error), &error.to_string());
-                let failed = Failed {
+                let again = Outgoing {
                     topic: message.topic().to_string(),
                     key: message.key().map(<[u8]>::to_vec),
                     payload: message.payload().map(<[u8]>::to_vec),
                     headers: message.headers().map(|h| h.detach()),
-                    token,
                 };
-                // The redelivery thread lives as long as the sink.
-                let _ = self.failed.send(failed);
+                let _ = self.failed.send((again, delivery));
             }
         }
     }
@@ -99,49 +122,37 @@ impl Sink {
     pub fn new(mut config: ClientConfig, tracker: Arc<OffsetTracker>) -> Result<Sink, KafkaError> {
         config.set("enable.idempotence", "true");
         let (failed_tx, failed_rx) = crossbeam_channel::unbounded();
-        let producer: ThreadedProducer<SinkContext> = config.create_with_context(SinkContext {
+        let (follow_tx, follow_rx) = crossbeam_channel::unbounded();
+        let context = SinkContext {
             tracker,
             failed: failed_tx,
-        })?;
+            follow_ups: follow_tx,
+        };
+        let producer: ThreadedProducer<SinkContext> = config.create_with_context(context)?;
         let producer = Arc::new(producer);
-        // The thread holds a weak reference: the channel's sender lives in the
-        // producer's context, so dropping the producer ends the thread.
-        let weak = Arc::downgrade(&producer);
-        std::thread::Builder::new()
-            .name("redelivery".into())
-            .spawn(move || redeliver(&weak, &failed_rx))
-            .expect("spawning a thread");
+        // The threads hold weak references: the channels' senders live in the
+        // producer's context, so dropping the producer ends the threads.
+        for (name, queue, backoff) in [
+            ("redelivery", failed_rx, true),
+            ("follow-ups", follow_rx, false),
+        ] {
+            let weak = Arc::downgrade(&producer);
+            std::thread::Builder::new()
+                .name(name.into())
+                .spawn(move || resend(&weak, &queue, backoff))
+                .expect("spawning a thread");
+        }
         Ok(Sink { producer })
     }
 
     /// Enqueues one record; waits only while librdkafka's queue is full.
-    pub fn send(
-        &self,
-        topic: &str,
-        key: Option<&[u8]>,
-        payload: Option<&[u8]>,
-        headers: &[HeaderPair<'_>],
-        token: usize,
-    ) {
-        let owned_headers = (!headers.is_empty()).then(|| {
-            headers.iter().fold(OwnedHeaders::new(), |h, (k, v)| {
-                h.insert(Header {
-                    key: k,
-                    value: Some(*v),
-                })
-            })
-        });
-        let mut record = BaseRecord::with_opaque_to(topic, token);
-        if let Some(key) = key {
-            record = record.key(key);
-        }
-        if let Some(payload) = payload {
-            record = record.payload(payload);
-        }
-        if let Some(h) = owned_headers {
-            record = record.headers(h);
-        }
-        send_until_queued(&self.producer, record);
+    pub fn send(&self, record: Outgoing, token: usize) {
+        self.send_then(record, token, Vec::new());
+    }
+
+    /// Enqueues `record`; `then` is sent once it is acknowledged.
+    pub fn send_then(&self, record: Outgoing, token: usize, then: Vec<Outgoing>) {
+        send_until_queued(&self.producer, &record, Box::new(Delivery { token, then }));
     }
 
     /// Sends an input record unchanged to the dead-letter topic, with the
@@ -165,7 +176,13 @@ impl Sink {
             ("source_partition", partition.as_bytes()),
             ("source_offset", offset.as_bytes()),
         ];
-        self.send(dlq_topic, key, value, &headers, token);
+        let record = Outgoing {
+            topic: dlq_topic.to_string(),
+            key: key.map(<[u8]>::to_vec),
+            payload: value.map(<[u8]>::to_vec),
+            headers: Some(owned_headers(&headers)),
+        };
+        self.send(record, token);
     }
 
     /// Waits until every queued record is delivered or `timeout` passes.
@@ -178,53 +195,68 @@ impl Sink {
     }
 }
 
-fn send_until_queued<K, P>(
+pub fn owned_headers(headers: &[HeaderPair<'_>]) -> OwnedHeaders {
+    headers.iter().fold(
+        OwnedHeaders::new_with_capacity(headers.len()),
+        |h, (k, v)| {
+            h.insert(Header {
+                key: k,
+                value: Some(*v),
+            })
+        },
+    )
+}
+
+fn send_until_queued(
     producer: &ThreadedProducer<SinkContext>,
-    mut record: BaseRecord<'_, K, P, usize>,
-) where
-    K: rdkafka::message::ToBytes + ?Sized,
-    P: rdkafka::message::ToBytes + ?Sized,
-{
+    record: &Outgoing,
+    delivery: Box<Delivery>,
+) {
+    let mut base = BaseRecord::with_opaque_to(&record.topic, delivery);
+    if let Some(key) = &record.key {
+        base = base.key(key.as_slice());
+    }
+    if let Some(payload) = &record.payload {
+        base = base.payload(payload.as_slice());
+    }
+    if let Some(headers) = &record.headers {
+        base = base.headers(headers.clone());
+    }
     loop {
-        match producer.send(record) {
+        match producer.send(base) {
             Ok(()) => return,
             Err((KafkaError::MessageProduction(RDKafkaErrorCode::QueueFull), returned)) => {
-                record = returned;
+                base = returned;
                 std::thread::sleep(QUEUE_FULL_WAIT);
             }
             Err((error, returned)) => {
-                // Not retryable locally (e.g. too large): count it and let the
-                // redelivery path keep trying with backoff, never dropping it.
+                // Not retryable locally (e.g. too large for the broker): count
+                // it and keep trying with the longest backoff, never dropping.
                 telemetry::kafka_error(error_kind(&error), &error.to_string());
-                record = returned;
+                base = returned;
                 std::thread::sleep(REDELIVERY_BACKOFF_MAX);
             }
         }
     }
 }
 
-fn redeliver(producer: &Weak<ThreadedProducer<SinkContext>>, failed: &Receiver<Failed>) {
-    let mut backoff = REDELIVERY_BACKOFF_MIN;
-    while let Ok(record) = failed.recv() {
-        let jitter = rand::thread_rng().gen_range(0..=backoff.as_millis() as u64 / 2);
-        std::thread::sleep(backoff + Duration::from_millis(jitter));
-        backoff = (backoff * 2).min(REDELIVERY_BACKOFF_MAX);
-        let mut base = BaseRecord::with_opaque_to(&record.topic, record.token);
-        if let Some(key) = &record.key {
-            base = base.key(key.as_slice());
-        }
-        if let Some(payload) = &record.payload {
-            base = base.payload(payload.as_slice());
-        }
-        if let Some(headers) = record.headers.clone() {
-            base = base.headers(headers);
+/// Sends records from `queue` until the producer is gone; with `backoff`,
+/// waits exponentially longer (with jitter) while failures keep coming.
+fn resend(producer: &Weak<ThreadedProducer<SinkContext>>, queue: &Receiver<Resend>, backoff: bool) {
+    let mut wait = REDELIVERY_BACKOFF_MIN;
+    while let Ok((record, delivery)) = queue.recv() {
+        if backoff {
+            let jitter = rand::thread_rng().gen_range(0..=wait.as_millis() as u64 / 2);
+            std::thread::sleep(wait + Duration::from_millis(jitter));
+            wait = if queue.is_empty() {
+                REDELIVERY_BACKOFF_MIN
+            } else {
+                (wait * 2).min(REDELIVERY_BACKOFF_MAX)
+            };
         }
         let Some(producer) = producer.upgrade() else {
             return;
         };
-        send_until_queued(&producer, base);
-        if failed.is_empty() {
-            backoff = REDELIVERY_BACKOFF_MIN;
-        }
+        send_until_queued(&producer, &record, delivery);
     }
 }

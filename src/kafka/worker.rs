@@ -2,11 +2,12 @@
 //! partitions routed to it, holding those partitions' order books, and
 //! turns each outcome's outputs into records for the sink.
 
-use super::sink::Sink;
+use super::sink::{owned_headers, Outgoing, Sink};
 use super::source::Record;
 use super::tracker::{token, OffsetTracker};
 use crate::config::Topics;
 use crate::engine::{Engine, OrderBook, Output};
+use crate::state;
 use crate::telemetry;
 use crossbeam_channel::Receiver;
 use std::collections::HashMap;
@@ -29,8 +30,8 @@ pub struct Shard {
 
 impl Shard {
     /// Runs until the queue's senders are gone and the queue is empty.
-    pub fn run(self, queue: Receiver<Record>) {
-        let mut books: HashMap<i32, OrderBook> = HashMap::new();
+    /// `books` are the order books restored at start, by partition.
+    pub fn run(self, queue: Receiver<Record>, mut books: HashMap<i32, OrderBook>) {
         let mut outputs = Vec::new();
         let mut last_depth_report = Instant::now();
         telemetry::shard_queue_depth(self.id, 0);
@@ -41,6 +42,7 @@ impl Shard {
             outputs.clear();
             let processed = self.engine.process(
                 book,
+                record.offset,
                 record.key.as_deref(),
                 record.value.as_deref(),
                 OffsetDateTime::now_utc(),
@@ -49,10 +51,7 @@ impl Shard {
             // Register before sending, so no delivery report can come first.
             self.tracker
                 .begin(record.partition, record.offset, outputs.len() as u32);
-            let token = token::pack(record.partition, record.offset);
-            for output in outputs.drain(..) {
-                self.send(&record, output, token);
-            }
+            self.send(&record, &mut outputs);
             telemetry::order_processed(
                 processed.outcome,
                 processed.latency,
@@ -66,37 +65,60 @@ impl Shard {
         telemetry::shard_queue_depth(self.id, 0);
     }
 
-    fn send(&self, record: &Record, output: Output, token: usize) {
-        match output {
-            Output::Status { order_id, payload } => self.sink.send(
-                &self.topics.status,
-                Some(order_id.as_bytes()),
-                Some(&payload),
-                &[],
-                token,
-            ),
-            Output::Fulfillment {
-                order_id,
-                kind,
-                payload,
-            } => {
-                telemetry::fulfillment_emitted(kind);
-                self.sink.send(
-                    &self.topics.fulfillments,
-                    Some(order_id.as_bytes()),
-                    Some(&payload),
-                    &[],
+    /// Sends one record's outputs. Fulfillments follow their status: they
+    /// are sent once the status is acknowledged (see `sink`).
+    fn send(&self, record: &Record, outputs: &mut Vec<Output>) {
+        let token = token::pack(record.partition, record.offset);
+        let mut status = None;
+        let mut fulfillments = Vec::new();
+        for output in outputs.drain(..) {
+            match output {
+                Output::Status {
+                    order_id,
+                    payload,
+                    record: change,
+                } => {
+                    let entry = state::ChangelogEntry {
+                        partition: record.partition,
+                        record: change,
+                    };
+                    let header = state::encode(&entry);
+                    status = Some(Outgoing {
+                        topic: self.topics.status.clone(),
+                        key: Some(order_id.into_bytes()),
+                        payload: Some(payload),
+                        headers: Some(owned_headers(&[(state::HEADER, &header)])),
+                    });
+                }
+                Output::Fulfillment {
+                    order_id,
+                    kind,
+                    payload,
+                } => {
+                    telemetry::fulfillment_emitted(kind);
+                    fulfillments.push(Outgoing {
+                        topic: self.topics.fulfillments.clone(),
+                        key: Some(order_id.into_bytes()),
+                        payload: Some(payload),
+                        headers: None,
+                    });
+                }
+                Output::DeadLetter(dead) => self.sink.send_dead_letter(
+                    &self.topics.dlq,
+                    (&self.topics.orders, record.partition, record.offset),
+                    record.key.as_deref(),
+                    record.value.as_deref(),
+                    &dead,
                     token,
-                )
+                ),
             }
-            Output::DeadLetter(dead) => self.sink.send_dead_letter(
-                &self.topics.dlq,
-                (&self.topics.orders, record.partition, record.offset),
-                record.key.as_deref(),
-                record.value.as_deref(),
-                &dead,
-                token,
-            ),
+        }
+        match status {
+            Some(status) => self.sink.send_then(status, token, fulfillments),
+            // A replay: the status is already out; only follow-ups go again.
+            None => fulfillments
+                .into_iter()
+                .for_each(|f| self.sink.send(f, token)),
         }
     }
 }
