@@ -15,6 +15,8 @@ use std::collections::HashMap;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
+/// How long one flush waits at shutdown before looking at progress again.
+const FLUSH_STEP: Duration = Duration::from_millis(100);
 /// How often inventory gauges (oversold units, watched SKUs) are refreshed.
 const GAUGE_INTERVAL: Duration = Duration::from_secs(1);
 
@@ -134,9 +136,17 @@ pub fn run(config: Config, shutdown: Shutdown) -> anyhow::Result<()> {
     for shard in shards {
         let _ = shard.join();
     }
-    let flushed = sink.flush(Duration::from_millis(config.engine.shutdown_timeout_ms));
-    if let Err(e) = &flushed {
-        tracing::warn!(error = %e, pending = tracker.pending_outputs(), "not every output was acknowledged");
+    // Follow-ups are queued only once their status is acknowledged, so one
+    // flush is not enough: wait until every output is acknowledged.
+    let deadline = Instant::now() + Duration::from_millis(config.engine.shutdown_timeout_ms);
+    while tracker.pending_outputs() > 0 && Instant::now() < deadline {
+        let _ = sink.flush(FLUSH_STEP);
+    }
+    if tracker.pending_outputs() > 0 {
+        tracing::warn!(
+            pending = tracker.pending_outputs(),
+            "not every output was acknowledged; their records stay uncommitted"
+        );
     }
     source::commit_final(&consumer);
     consumer.unsubscribe();

@@ -33,6 +33,9 @@ pub struct OrderRecord {
     /// order to this state. A record seen again at the same offset is a
     /// replay after a crash or rebalance, not an upstream duplicate.
     pub offset: i64,
+    /// Offset of the order's `order_placed` record (equal to `offset` until
+    /// a cancellation), to tell a replay of the placement from a duplicate.
+    pub placed_offset: i64,
     /// `None` for rejected orders.
     pub holding: Option<Holding>,
 }
@@ -109,6 +112,7 @@ mod tests {
                 OrderRecord {
                     state: OrderState::Rejected,
                     offset: offset as i64,
+                    placed_offset: offset as i64,
                     holding: None,
                 },
             );

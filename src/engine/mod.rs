@@ -134,9 +134,11 @@ impl Engine {
     ) -> Processed {
         if let Some(seen) = book.get(&order.order_id) {
             let outcome = seen_again(seen, offset);
-            if outcome == Outcome::Replayed && seen.state == OrderState::Accepted {
+            if outcome == Outcome::Replayed && seen.state != OrderState::Rejected {
                 // Its fulfillments may not have reached the broker before the
-                // crash: send them again, rebuilt from the same record.
+                // crash: send them again, rebuilt from the same record. (Also
+                // when cancelled since: the cancellation's replay follows and
+                // sends the shipment cancellations again after them.)
                 if let Ok(valid) = validate(order, &self.limits) {
                     for fulfillment in events::requested(&valid) {
                         push_fulfillment(out, &valid.order_id, &fulfillment);
@@ -165,6 +167,7 @@ impl Engine {
         let record = OrderRecord {
             state: OrderState::Accepted,
             offset,
+            placed_offset: offset,
             holding: Some(Holding {
                 customer_id: valid.customer_id.clone(),
                 shipments: events::shipment_keys(&valid),
@@ -195,6 +198,7 @@ impl Engine {
         let record = OrderRecord {
             state: OrderState::Rejected,
             offset,
+            placed_offset: offset,
             holding: None,
         };
         let status = StatusEvent::new(order_id, Status::Rejected, Some(rejection), now);
@@ -223,6 +227,7 @@ impl Engine {
                 let record = OrderRecord {
                     state: OrderState::Cancelled,
                     offset,
+                    placed_offset: seen.placed_offset,
                     holding: Some(holding.clone()),
                 };
                 let status = StatusEvent::new(order_id, Status::Cancelled, None, now);
@@ -242,10 +247,10 @@ impl Engine {
     }
 }
 
-/// An order the book already knows: a replay of the record that decided it
-/// (same offset), or an upstream duplicate.
+/// An order placement the book already knows: a replay of the record that
+/// placed it (same offset), or an upstream duplicate.
 fn seen_again(seen: &OrderRecord, offset: i64) -> Outcome {
-    if seen.offset == offset {
+    if seen.placed_offset == offset {
         Outcome::Replayed
     } else {
         Outcome::Duplicate

@@ -163,10 +163,12 @@ fn replayed_records_resend_follow_ups_only() {
     );
     let (outcome, out) = run_at(&engine, &mut book, 10, "o-1", &order);
     assert_eq!(
-        (outcome, out.len()),
-        (Outcome::Duplicate, 0),
-        "no fulfillment for a cancelled order"
+        (outcome, statuses(&out).len(), fulfillment_count(&out)),
+        (Outcome::Replayed, 0, 1),
+        "a replayed placement resends its fulfillment even when cancelled since"
     );
+    let (outcome, out) = run_at(&engine, &mut book, 13, "o-1", &order);
+    assert_eq!((outcome, out.len()), (Outcome::Duplicate, 0));
 }
 
 #[test]

@@ -128,6 +128,7 @@ mod tests {
             record: OrderRecord {
                 state,
                 offset,
+                placed_offset: offset,
                 holding,
             },
         }

@@ -222,25 +222,7 @@ impl Broker {
 
     /// Produces `records` (key, value) to `topic` and waits for every ack.
     pub fn produce(&self, topic: &str, records: &[(Option<Vec<u8>>, Vec<u8>)]) {
-        let producer = self.producer();
-        let runtime = tokio::runtime::Builder::new_current_thread()
-            .enable_all()
-            .build()
-            .unwrap();
-        runtime.block_on(async {
-            let mut pending = Vec::with_capacity(records.len());
-            for (key, value) in records {
-                let mut record = FutureRecord::<[u8], [u8]>::to(topic).payload(value.as_slice());
-                if let Some(key) = key {
-                    record = record.key(key.as_slice());
-                }
-                pending.push(producer.send_result(record).expect("enqueue"));
-            }
-            for delivery in pending {
-                delivery.await.expect("delivery future").expect("delivered");
-            }
-        });
-        producer.flush(Duration::from_secs(30)).unwrap();
+        produce_with(&self.producer(), topic, records);
     }
 
     /// Reads every partition of `topic` from the beginning until `enough`
@@ -394,6 +376,43 @@ impl Drop for Broker {
     fn drop(&mut self) {
         self.kill();
     }
+}
+
+/// An idempotent producer for the broker at `addr`; its retries ride out
+/// a broker restart.
+pub fn producer_for(addr: &str) -> FutureProducer {
+    ClientConfig::new()
+        .set("bootstrap.servers", addr)
+        .set("linger.ms", "5")
+        .set("enable.idempotence", "true")
+        .create()
+        .unwrap()
+}
+
+/// Produces `records` (key, value) to `topic` and waits for every ack.
+pub fn produce_with(
+    producer: &FutureProducer,
+    topic: &str,
+    records: &[(Option<Vec<u8>>, Vec<u8>)],
+) {
+    let runtime = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .unwrap();
+    runtime.block_on(async {
+        let mut pending = Vec::with_capacity(records.len());
+        for (key, value) in records {
+            let mut record = FutureRecord::<[u8], [u8]>::to(topic).payload(value.as_slice());
+            if let Some(key) = key {
+                record = record.key(key.as_slice());
+            }
+            pending.push(producer.send_result(record).expect("enqueue"));
+        }
+        for delivery in pending {
+            delivery.await.expect("delivery future").expect("delivered");
+        }
+    });
+    producer.flush(Duration::from_secs(30)).unwrap();
 }
 
 /// A header's value as text.

@@ -1,0 +1,318 @@
+//! Crash safety on a real broker (tansu): the processor binary is killed
+//! with SIGKILL mid-sale and started again; separately, the broker itself is
+//! killed and restarted mid-sale under a running processor. Each run ends
+//! with every order decided exactly once (copies with the same event_id
+//! allowed, never two different statuses), zero oversold units, the hot SKU
+//! sold out exactly, and fulfillments consistent with the decisions.
+
+mod common;
+
+use common::{json, wait_for, Broker};
+use rdkafka::message::Message;
+use serde_json::{json, Value};
+use std::collections::{HashMap, HashSet};
+use std::process::{Child, Command, Stdio};
+use std::thread;
+use std::time::{Duration, Instant};
+
+const PARTITIONS: i32 = 4;
+const ORDERS: usize = 6_000;
+const HOT_STOCK: i64 = 300;
+const NORMAL_SKUS: usize = 20;
+const BATCH: usize = 250;
+const TIMEOUT: Duration = Duration::from_secs(180);
+/// The processors' consumer group session timeout (the broker's minimum).
+const SESSION_TIMEOUT: Duration = Duration::from_secs(6);
+/// How long the broker stays down in the outage test.
+const BROKER_DOWNTIME: Duration = Duration::from_secs(30);
+
+/// The processor binary, run against `broker` until killed or stopped.
+struct ProcessorProcess(Child);
+
+impl ProcessorProcess {
+    fn start(broker: &Broker) -> ProcessorProcess {
+        let child = Command::new(env!("CARGO_BIN_EXE_orderflow"))
+            .args(["run", "--brokers", &broker.addr()])
+            .args(["--set", "metrics.enabled=false"])
+            .args([
+                "--set",
+                &format!("kafka.session_timeout_ms={}", SESSION_TIMEOUT.as_millis()),
+            ])
+            .args(["--set", "log.level=warn"])
+            .stdin(Stdio::null())
+            .spawn()
+            .expect("starting orderflow");
+        ProcessorProcess(child)
+    }
+
+    fn kill_9(mut self) {
+        self.0.kill().unwrap();
+        self.0.wait().unwrap();
+    }
+
+    /// SIGTERM, then waits for a clean exit.
+    fn stop(mut self) {
+        let pid = self.0.id().to_string();
+        assert!(Command::new("kill")
+            .args(["-TERM", &pid])
+            .status()
+            .unwrap()
+            .success());
+        let status = wait_for(
+            "orderflow to exit after SIGTERM",
+            Duration::from_secs(60),
+            || self.0.try_wait().unwrap(),
+        );
+        assert!(status.success(), "orderflow exited with {status}");
+    }
+}
+
+impl Drop for ProcessorProcess {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+    }
+}
+
+fn sku(i: usize) -> String {
+    format!("SKU-{i}")
+}
+
+fn order(id: &str, hot: bool, i: usize) -> Value {
+    let mut lines = vec![
+        json!({"sku": sku(i % NORMAL_SKUS), "quantity": 1 + i % 3, "unit_price_minor": 100, "ship_to": "home"}),
+    ];
+    if hot {
+        lines
+            .push(json!({"sku": "HOT", "quantity": 1, "unit_price_minor": 999, "ship_to": "work"}));
+    }
+    let total = 100 * (1 + i % 3) as i64 + if hot { 999 } else { 0 };
+    let address = |name: &str| json!({"name": name, "line1": "1 Main St", "city": "Springfield", "postal_code": "12345", "country": "US"});
+    json!({"type": "order_placed", "order_id": id, "customer_id": format!("c-{i}"),
+           "placed_at": "2026-11-23T12:00:00Z", "currency": "USD", "lines": lines,
+           "addresses": {"home": address("Ada 🏠"), "work": address("Ada 🏢")},
+           "payments": [{"method": "card", "amount_minor": total, "authorization_id": "a"}]})
+}
+
+/// All records of the sale in send order: orders (a quarter want the hot
+/// SKU, whose demand is five times its stock), duplicates, cancellations.
+fn sale() -> Vec<(Option<Vec<u8>>, Vec<u8>)> {
+    let mut records = Vec::new();
+    for i in 0..ORDERS {
+        let id = format!("o-{i}");
+        let value = serde_json::to_vec(&order(&id, i % 4 == 0, i)).unwrap();
+        records.push((Some(id.clone().into_bytes()), value.clone()));
+        if i % 50 == 0 {
+            records.push((Some(id.clone().into_bytes()), value)); // a producer retry
+        }
+        if i % 10 == 5 {
+            let cancel = json!({"type": "order_cancelled", "order_id": id});
+            records.push((Some(id.into_bytes()), serde_json::to_vec(&cancel).unwrap()));
+        }
+    }
+    records
+}
+
+fn setup() -> Broker {
+    let broker = Broker::start();
+    broker.create_contract_topics(PARTITIONS);
+    let mut inventory: Vec<_> = (0..NORMAL_SKUS)
+        .map(|i| json!({"type": "stock_set", "sku": sku(i), "available": 1_000_000, "prices": {"USD": 100}}))
+        .collect();
+    inventory.push(
+        json!({"type": "stock_set", "sku": "HOT", "available": HOT_STOCK, "prices": {"USD": 999}}),
+    );
+    let records: Vec<_> = inventory
+        .iter()
+        .map(|v| {
+            (
+                Some(v["sku"].as_str().unwrap().as_bytes().to_vec()),
+                serde_json::to_vec(v).unwrap(),
+            )
+        })
+        .collect();
+    broker.produce("inventory", &records);
+    broker
+}
+
+/// Produces the sale in batches from a thread, so faults hit mid-sale.
+fn produce_in_background(broker: &Broker) -> thread::JoinHandle<()> {
+    let addr = broker.addr();
+    thread::spawn(move || {
+        let producer = common::producer_for(&addr);
+        for batch in sale().chunks(BATCH) {
+            common::produce_with(&producer, "orders", batch);
+        }
+    })
+}
+
+/// Waits until the processor has decided at least `count` distinct orders.
+fn wait_for_decisions(broker: &Broker, count: usize) {
+    broker.read_until("order-status", TIMEOUT, |messages| {
+        let ids: HashSet<&[u8]> = messages.iter().filter_map(|m| m.key()).collect();
+        ids.len() >= count
+    });
+}
+
+/// Sentinels at the end of every partition: once each is decided, every
+/// record before it was processed.
+fn produce_sentinels_and_wait(broker: &Broker) {
+    for p in 0..PARTITIONS {
+        let id = format!("sentinel-{p}");
+        let value = serde_json::to_vec(&order(&id, false, 0)).unwrap();
+        broker.produce_to_partition("orders", p, id.as_bytes(), &value);
+    }
+    broker.read_until("order-status", TIMEOUT, |messages| {
+        let keys: HashSet<&[u8]> = messages.iter().filter_map(|m| m.key()).collect();
+        (0..PARTITIONS).all(|p| keys.contains(format!("sentinel-{p}").as_bytes()))
+    });
+}
+
+/// Checks every promise against what the output topics hold.
+fn audit(broker: &Broker) {
+    let statuses = broker.read_to_end("order-status");
+    let fulfillments = broker.read_to_end("fulfillments");
+    let mut decisions: HashMap<String, HashSet<String>> = HashMap::new();
+    let mut copies = 0;
+    let mut cancelled: HashSet<String> = HashSet::new();
+    for m in &statuses {
+        let v = json(m);
+        let id = v["order_id"].as_str().unwrap().to_string();
+        match v["status"].as_str().unwrap() {
+            "cancelled" => {
+                if !cancelled.insert(id) {
+                    copies += 1;
+                }
+            }
+            status => {
+                let seen = decisions.entry(id).or_default();
+                if !seen.insert(status.to_string()) || seen.len() > 1 {
+                    copies += 1;
+                }
+            }
+        }
+    }
+    let placed: Vec<String> = (0..ORDERS).map(|i| format!("o-{i}")).collect();
+    let missing = placed
+        .iter()
+        .filter(|id| !decisions.contains_key(*id))
+        .count();
+    let conflicting = decisions.values().filter(|s| s.len() > 1).count();
+    let accepted: HashSet<&String> = decisions
+        .iter()
+        .filter(|(_, s)| s.contains("accepted"))
+        .map(|(id, _)| id)
+        .collect();
+    let hot_accepted = (0..ORDERS)
+        .step_by(4)
+        .filter(|i| accepted.contains(&format!("o-{i}")))
+        .count() as i64;
+    let hot_cancelled = (0..ORDERS)
+        .step_by(4)
+        .filter(|i| i % 10 == 5 && cancelled.contains(&format!("o-{i}")))
+        .count() as i64;
+    let hot_sold = hot_accepted - hot_cancelled;
+    let mut requested: HashMap<String, HashSet<String>> = HashMap::new();
+    for m in &fulfillments {
+        let v = json(m);
+        if v["type"] == "fulfillment_requested" {
+            requested
+                .entry(v["order_id"].as_str().unwrap().into())
+                .or_default()
+                .insert(v["fulfillment_id"].as_str().unwrap().into());
+        }
+    }
+    let wrong_fulfillments: Vec<String> = decisions
+        .iter()
+        .filter_map(|(id, s)| {
+            let hot = id
+                .strip_prefix("o-")
+                .is_some_and(|n| n.parse::<usize>().unwrap() % 4 == 0);
+            let want = if !s.contains("accepted") {
+                0
+            } else if hot {
+                2
+            } else {
+                1
+            };
+            let got = requested.get(id).map_or(0, HashSet::len);
+            (got != want).then(|| format!("{id}: {s:?} with {got} shipments, want {want}"))
+        })
+        .collect();
+    let fulfillment_errors = wrong_fulfillments.len();
+    println!(
+        "wrong fulfillments: {:?}",
+        &wrong_fulfillments[..fulfillment_errors.min(5)]
+    );
+    let wrong_cancels = cancelled.iter().filter(|id| !accepted.contains(id)).count();
+    println!(
+        "statuses={} orders_decided={} copies={copies} missing={missing} conflicting={conflicting} \
+         hot_accepted={hot_accepted} hot_cancelled={hot_cancelled} hot_sold={hot_sold} hot_stock={HOT_STOCK} \
+         cancelled={} fulfillment_errors={fulfillment_errors}",
+        statuses.len(),
+        decisions.len(),
+        cancelled.len()
+    );
+    assert_eq!(missing, 0, "orders without a status");
+    assert_eq!(conflicting, 0, "orders with two different statuses");
+    assert_eq!(
+        wrong_cancels, 0,
+        "cancelled statuses for orders never accepted"
+    );
+    assert!(
+        hot_sold <= HOT_STOCK,
+        "oversold the hot SKU: {hot_sold} > {HOT_STOCK}"
+    );
+    assert_eq!(
+        hot_sold, HOT_STOCK,
+        "demand exceeds stock, so all stock sells"
+    );
+    assert_eq!(
+        fulfillment_errors, 0,
+        "accepted orders need one fulfillment per address, rejected none"
+    );
+}
+
+#[test]
+fn kill_9_mid_sale_then_restart_loses_and_doubles_nothing() {
+    let broker = setup();
+    let first = ProcessorProcess::start(&broker);
+    let producing = produce_in_background(&broker);
+    wait_for_decisions(&broker, ORDERS / 4);
+    let killed_at = Instant::now();
+    first.kill_9();
+    println!(
+        "killed the processor with SIGKILL after {} decisions",
+        ORDERS / 4
+    );
+    // tansu 0.6 expires a silent group member only when another member
+    // joins after its session timeout; a member joining earlier shares the
+    // partitions with the dead one for good. Real Kafka expires it by
+    // itself. So the replacement starts once the session has run out.
+    thread::sleep(SESSION_TIMEOUT + Duration::from_secs(1));
+    let second = ProcessorProcess::start(&broker);
+    producing.join().unwrap();
+    produce_sentinels_and_wait(&broker);
+    println!(
+        "recovered and finished the sale {:?} after the kill",
+        killed_at.elapsed()
+    );
+    second.stop();
+    audit(&broker);
+}
+
+#[test]
+fn broker_killed_and_restarted_mid_sale() {
+    let mut broker = setup();
+    let processor = ProcessorProcess::start(&broker);
+    let producing = produce_in_background(&broker);
+    wait_for_decisions(&broker, ORDERS / 4);
+    broker.kill();
+    // An outage of a fixed length is the point here, not a wait for a condition.
+    thread::sleep(BROKER_DOWNTIME);
+    broker.restart();
+    println!("broker was down for {BROKER_DOWNTIME:?} mid-sale");
+    producing.join().unwrap();
+    produce_sentinels_and_wait(&broker);
+    processor.stop();
+    audit(&broker);
+}
