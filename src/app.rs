@@ -71,8 +71,12 @@ pub async fn shutdown_on_signal(shutdown: Shutdown) {
 pub fn run(config: Config, shutdown: Shutdown) -> anyhow::Result<()> {
     let tracker = Arc::new(OffsetTracker::new());
     let sink = Arc::new(
-        Sink::new(kafka::producer_config(&config.kafka), tracker.clone())
-            .context("creating the producer")?,
+        Sink::new(
+            kafka::producer_config(&config.kafka),
+            tracker.clone(),
+            config.kafka.max_dlq_payload_bytes,
+        )
+        .context("creating the producer")?,
     );
     let inventory = Arc::new(Inventory::new());
     let feed = inventory_feed::start(&config, inventory.clone(), sink.clone(), shutdown.clone())

@@ -38,6 +38,9 @@ pub struct KafkaConfig {
     pub group_id: String,
     pub session_timeout_ms: u64,
     pub auto_offset_reset: String,
+    /// Dead-letter values above this size are left out (the broker would
+    /// refuse them); headers still point at the original record.
+    pub max_dlq_payload_bytes: usize,
     /// librdkafka properties for every client.
     pub properties: BTreeMap<String, String>,
     /// librdkafka properties for consumers only.

@@ -111,6 +111,8 @@ pub fn error_kind(error: &KafkaError) -> &'static str {
 
 pub struct Sink {
     producer: Arc<ThreadedProducer<SinkContext>>,
+    /// Dead-letter values larger than this are left out (see `send_dead_letter`).
+    max_dlq_payload_bytes: usize,
 }
 
 /// One header of a dead-letter record.
@@ -119,7 +121,11 @@ pub type HeaderPair<'a> = (&'a str, &'a [u8]);
 impl Sink {
     /// Creates the producer from `config` (idempotent, so librdkafka's
     /// retries never duplicate or reorder).
-    pub fn new(mut config: ClientConfig, tracker: Arc<OffsetTracker>) -> Result<Sink, KafkaError> {
+    pub fn new(
+        mut config: ClientConfig,
+        tracker: Arc<OffsetTracker>,
+        max_dlq_payload_bytes: usize,
+    ) -> Result<Sink, KafkaError> {
         config.set("enable.idempotence", "true");
         let (failed_tx, failed_rx) = crossbeam_channel::unbounded();
         let (follow_tx, follow_rx) = crossbeam_channel::unbounded();
@@ -142,7 +148,10 @@ impl Sink {
                 .spawn(move || resend(&weak, &queue, backoff))
                 .expect("spawning a thread");
         }
-        Ok(Sink { producer })
+        Ok(Sink {
+            producer,
+            max_dlq_payload_bytes,
+        })
     }
 
     /// Enqueues one record; waits only while librdkafka's queue is full.
@@ -157,7 +166,10 @@ impl Sink {
 
     /// Sends an input record unchanged to the dead-letter topic, with the
     /// contract's headers: `error`, `error_detail`, `source_topic`,
-    /// `source_partition`, `source_offset`.
+    /// `source_partition`, `source_offset`. A value too large for the broker
+    /// to take (over `kafka.max_dlq_payload_bytes`) is left out and its size
+    /// given in the header `payload_omitted_bytes`; the source headers still
+    /// point at the original, so nothing vanishes and the shard never stalls.
     pub fn send_dead_letter(
         &self,
         dlq_topic: &str,
@@ -169,17 +181,25 @@ impl Sink {
     ) {
         let partition = partition.to_string();
         let offset = offset.to_string();
-        let headers = [
+        let mut headers = vec![
             ("error", dead.reason.as_str().as_bytes()),
             ("error_detail", dead.detail.as_bytes()),
             ("source_topic", source_topic.as_bytes()),
             ("source_partition", partition.as_bytes()),
             ("source_offset", offset.as_bytes()),
         ];
+        let size = value.map_or(0, <[u8]>::len);
+        let omitted = size.to_string();
+        let payload = if size > self.max_dlq_payload_bytes {
+            headers.push(("payload_omitted_bytes", omitted.as_bytes()));
+            None
+        } else {
+            value.map(<[u8]>::to_vec)
+        };
         let record = Outgoing {
             topic: dlq_topic.to_string(),
             key: key.map(<[u8]>::to_vec),
-            payload: value.map(<[u8]>::to_vec),
+            payload,
             headers: Some(owned_headers(&headers)),
         };
         self.send(record, token);

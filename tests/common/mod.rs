@@ -213,11 +213,7 @@ impl Broker {
     }
 
     pub fn producer(&self) -> FutureProducer {
-        self.client_config()
-            .set("linger.ms", "5")
-            .set("enable.idempotence", "true")
-            .create()
-            .unwrap()
+        producer_for(&self.addr())
     }
 
     /// Produces `records` (key, value) to `topic` and waits for every ack.
@@ -385,6 +381,8 @@ pub fn producer_for(addr: &str) -> FutureProducer {
         .set("bootstrap.servers", addr)
         .set("linger.ms", "5")
         .set("enable.idempotence", "true")
+        // Tests send 10 MB poison records.
+        .set("message.max.bytes", "16000000")
         .create()
         .unwrap()
 }
