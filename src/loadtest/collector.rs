@@ -193,7 +193,11 @@ impl Reader {
         let ours = message
             .key()
             .is_some_and(|k| k.starts_with(self.tag.as_bytes()));
-        if !ours {
+        // Probe orders are the probe's business; only their status is read.
+        let probe = message
+            .key()
+            .is_some_and(|k| k.starts_with(self.probe_prefix.as_bytes()));
+        if !ours || (probe && topic != self.config.topics.status) {
             return;
         }
         let payload = message.payload().unwrap_or_default();
