@@ -904,7 +904,7 @@ impl Generator {
                 while !text.is_char_boundary(cut) {
                     cut -= 1;
                 }
-                text[..cut].as_bytes().to_vec()
+                text.as_bytes()[..cut].to_vec()
             }
             DlqReason::NotUtf8 => {
                 let mut bytes = valid;
