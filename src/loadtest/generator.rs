@@ -8,7 +8,10 @@
 //! the sender decides when "due" is.
 
 use super::audit::{address_fingerprint, bytes_fingerprint, Intent, SentMalformed, SentOrder};
+use super::catalog::{Catalog, Zipf};
+use super::people::{self, ADDRESS_KEYS};
 use super::scenario::Scenario;
+use super::shape::Shape;
 use crate::order::decode::DlqReason;
 use crate::order::validate::Limits;
 use crate::order::{
@@ -26,15 +29,10 @@ use time::OffsetDateTime;
 
 /// Units per line of an ordinary SKU: shoppers buy one, sometimes a few.
 const MAX_ORDINARY_QUANTITY: u32 = 3;
-/// Catalog prices in EUR cents; other currencies are converted from it.
-const EUR_PRICE_RANGE_MINOR: std::ops::RangeInclusive<i64> = 199..=49_999;
-/// Stock of the SKUs used only by probe orders: never the constraint.
-pub const PROBE_STOCK: i64 = 1_000_000_000;
 /// Bytes over the record limit of a `too_large` record.
 const TOO_LARGE_EXCESS_BYTES: usize = 1024;
-/// Streams of the seeded generator, so the catalog does not shift when the
-/// order mix changes.
-const CATALOG_STREAM: u64 = 0x00CA_7A10;
+/// The order stream of the seeded generator; the catalog has its own
+/// (see `catalog`), so it does not shift when the order mix changes.
 const ORDER_STREAM: u64 = 0x0D_E125;
 
 /// Where a record goes.
@@ -76,241 +74,6 @@ pub struct Planned {
     pub note: Note,
 }
 
-/// A phase of the sale, for the progress line.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
-#[serde(rename_all = "snake_case")]
-pub enum Phase {
-    WarmUp,
-    Burst,
-    Tail,
-    Done,
-}
-
-impl Phase {
-    pub fn as_str(self) -> &'static str {
-        match self {
-            Phase::WarmUp => "warm-up",
-            Phase::Burst => "burst",
-            Phase::Tail => "tail",
-            Phase::Done => "done",
-        }
-    }
-}
-
-/// The target rate over time: base rate until T0, `multiplier` times it
-/// for the burst, then an exponential decay back to the base.
-#[derive(Debug, Clone, Copy, PartialEq)]
-pub struct Shape {
-    pub base: f64,
-    pub duration: f64,
-    pub burst_at: f64,
-    pub burst: f64,
-    pub multiplier: f64,
-    pub tail: f64,
-}
-
-impl Shape {
-    pub fn of(scenario: &Scenario) -> Shape {
-        let load = &scenario.load;
-        Shape {
-            base: load.rate,
-            duration: load.duration_secs,
-            burst_at: load.burst_at_secs,
-            burst: load.burst_secs,
-            multiplier: load.burst_multiplier,
-            tail: load.tail_secs,
-        }
-    }
-
-    /// Orders per second due at `t` seconds.
-    pub fn rate_at(&self, t: f64) -> f64 {
-        let burst_end = self.burst_at + self.burst;
-        if t < self.burst_at {
-            self.base
-        } else if t < burst_end {
-            self.base * self.multiplier
-        } else if self.tail > 0.0 {
-            let excess = self.multiplier - 1.0;
-            self.base * (1.0 + excess * (-(t - burst_end) / self.tail).exp())
-        } else {
-            self.base
-        }
-    }
-
-    pub fn phase_at(&self, t: f64) -> Phase {
-        if t >= self.duration {
-            Phase::Done
-        } else if t < self.burst_at {
-            Phase::WarmUp
-        } else if t < self.burst_at + self.burst {
-            Phase::Burst
-        } else {
-            Phase::Tail
-        }
-    }
-
-    /// Orders the schedule holds (its rate integrated over the duration).
-    pub fn expected_orders(&self) -> f64 {
-        const STEP: f64 = 0.01;
-        let steps = (self.duration / STEP).ceil() as usize;
-        (0..steps)
-            .map(|i| {
-                let t = i as f64 * STEP;
-                self.rate_at(t) * STEP.min(self.duration - t)
-            })
-            .sum()
-    }
-}
-
-/// Zipf's law over ranks `0..n`: rank k is picked with weight 1/(k+1)^s.
-/// Sampling inverts the cumulative table with a binary search.
-#[derive(Debug, Clone)]
-pub struct Zipf {
-    cumulative: Vec<f64>,
-}
-
-impl Zipf {
-    pub fn new(n: usize, exponent: f64) -> Zipf {
-        assert!(n > 0, "Zipf needs at least one rank");
-        let mut total = 0.0;
-        let cumulative = (1..=n)
-            .map(|rank| {
-                total += 1.0 / (rank as f64).powf(exponent);
-                total
-            })
-            .collect();
-        Zipf { cumulative }
-    }
-
-    pub fn sample(&self, rng: &mut impl Rng) -> usize {
-        let total = *self.cumulative.last().expect("at least one rank");
-        let u = rng.gen::<f64>() * total;
-        self.cumulative
-            .partition_point(|c| *c <= u)
-            .min(self.cumulative.len() - 1)
-    }
-}
-
-/// How a SKU takes part in the sale.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum SkuKind {
-    Ordinary,
-    Hot,
-    SoldOut,
-}
-
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct Sku {
-    pub sku: String,
-    pub kind: SkuKind,
-    pub stock: i64,
-    pub prices: BTreeMap<String, i64>,
-    pub max_per_customer: Option<u32>,
-}
-
-impl Sku {
-    pub fn stock_set(&self) -> InventoryEvent {
-        InventoryEvent::StockSet {
-            sku: self.sku.clone(),
-            available: self.stock,
-            prices: self.prices.clone(),
-            max_per_customer: self.max_per_customer,
-        }
-    }
-}
-
-/// The SKUs of one run, all named after the run tag so runs against a
-/// long-lived processor never share stock or per-customer counts.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct Catalog {
-    /// By popularity: index 0 is the most popular.
-    pub ordinary: Vec<Sku>,
-    pub hot: Vec<Sku>,
-    pub sold_out: Vec<Sku>,
-}
-
-impl Catalog {
-    pub fn build(scenario: &Scenario, tag: &str) -> Catalog {
-        let mut rng = StdRng::seed_from_u64(scenario.load.seed ^ CATALOG_STREAM);
-        let c = &scenario.catalog;
-        let mut sku = |name: String, kind, stock, max_per_customer| {
-            let eur = rng.gen_range(EUR_PRICE_RANGE_MINOR);
-            Sku {
-                sku: name,
-                kind,
-                stock,
-                prices: c
-                    .currencies
-                    .iter()
-                    .map(|code| (code.clone(), convert(eur, code)))
-                    .collect(),
-                max_per_customer,
-            }
-        };
-        let hot = (0..c.hot_skus)
-            .map(|i| {
-                sku(
-                    format!("{tag}-HOT-{i}"),
-                    SkuKind::Hot,
-                    c.hot_stock,
-                    Some(c.hot_max_per_customer),
-                )
-            })
-            .collect();
-        let sold_out = (0..c.sold_out_skus)
-            .map(|i| sku(format!("{tag}-SOLDOUT-{i}"), SkuKind::SoldOut, 0, None))
-            .collect();
-        let ordinary = (0..c.skus)
-            .map(|i| {
-                sku(
-                    format!("{tag}-SKU-{i:06}"),
-                    SkuKind::Ordinary,
-                    c.stock,
-                    None,
-                )
-            })
-            .collect();
-        Catalog {
-            ordinary,
-            hot,
-            sold_out,
-        }
-    }
-
-    pub fn all(&self) -> impl Iterator<Item = &Sku> {
-        self.hot.iter().chain(&self.sold_out).chain(&self.ordinary)
-    }
-
-    /// `(key, value)` of every `stock_set`, hot SKUs first.
-    pub fn stock_set_records(&self) -> Vec<(Vec<u8>, Vec<u8>)> {
-        self.all()
-            .map(|sku| (sku.sku.clone().into_bytes(), to_json(&sku.stock_set())))
-            .collect()
-    }
-}
-
-/// Converts a price in EUR cents to minor units of `currency`, with
-/// rounded rates; integer arithmetic only (the contract has no floats).
-fn convert(eur_minor: i64, currency: &str) -> i64 {
-    // (code, numerator, denominator): minor units of the currency per EUR cent.
-    const RATES: [(&str, i64, i64); 9] = [
-        ("EUR", 1, 1),
-        ("USD", 108, 100),
-        ("GBP", 85, 100),
-        ("CHF", 95, 100),
-        ("JPY", 16, 10),  // no minor unit: 1 EUR = 160 JPY
-        ("KRW", 145, 10), // no minor unit: 1 EUR = 1450 KRW
-        ("INR", 90, 1),
-        ("BRL", 55, 10),
-        ("SEK", 115, 10),
-    ];
-    let (num, den) = RATES
-        .iter()
-        .find(|(code, _, _)| *code == currency)
-        .map_or((1, 1), |(_, n, d)| (*n, *d));
-    (eur_minor * num / den).max(1)
-}
-
 /// `{"type": kind, ...event}` as the contract's tagged JSON.
 #[derive(Serialize)]
 struct Tagged<'a, T> {
@@ -320,7 +83,7 @@ struct Tagged<'a, T> {
     event: &'a T,
 }
 
-fn to_json<T: Serialize>(value: &T) -> Vec<u8> {
+pub(super) fn to_json<T: Serialize>(value: &T) -> Vec<u8> {
     serde_json::to_vec(value).expect("generated events always serialize")
 }
 
@@ -331,80 +94,6 @@ fn placed_json(order: &OrderPlaced) -> Vec<u8> {
     })
 }
 
-/// Names in many scripts, with emoji, combining marks, ZWJ sequences and
-/// characters JSON must escape: the processor must carry them byte for byte.
-const NAMES: [&str; 30] = [
-    "Zoë Ørsted",
-    "李小龍",
-    "Jürgen Groß",
-    "Анна Каренина",
-    "محمد الفاسي",
-    "דוד כהן",
-    "प्रिया शर्मा",
-    "สมชาย ใจดี",
-    "Γιώργος Παπαδόπουλος",
-    "김민준",
-    "山田 太郎",
-    "Nguyễn Thị Minh Khai",
-    "Łukasz Wróbel",
-    "Søren Kierkegaard",
-    "José Núñez",
-    "O'Brien \"Bob\"",
-    "Ελένη 👩‍💻",
-    "Ayşe Yılmaz",
-    "Ṣàngó Adéwálé",
-    "Kwame Nkrumah 🚀",
-    "Mária Šťastná",
-    "Björk Guðmundsdóttir",
-    "ሰላም ተስፋዬ",
-    "Արամ Խաչատրյան",
-    "ნინო ბერიძე",
-    "Tomás 🏳️‍🌈",
-    "👩‍👩‍👧 Family Doe",
-    "Z̷a̷l̷g̷o̷ Tester",
-    "Back\\slash\tTab",
-    "Ｆｕｌｌｗｉｄｔｈ 🛒🎉",
-];
-const STREETS: [&str; 16] = [
-    "Hauptstraße 1",
-    "1-2-3 Shibuya, 渋谷区",
-    "ул. Тверская, д. 7",
-    "شارع التحرير 12",
-    "רחוב הרצל 5",
-    "221B Baker Street",
-    "Rue de l'Église 4",
-    "Calle Mayor 3, 2º izq.",
-    "Nowy Świat 15",
-    "테헤란로 152",
-    "建国路 88号",
-    "Οδός Θεσσαλονίκης 9",
-    "ถนนสุขุมวิท 21",
-    "MG Road, बेंगलुरु",
-    "Pier 39 🌉",
-    "Rua Augusta 1500 🏠",
-];
-const CITIES: [(&str, &str); 16] = [
-    ("Berlin", "DE"),
-    ("東京", "JP"),
-    ("Москва", "RU"),
-    ("القاهرة", "EG"),
-    ("תל אביב", "IL"),
-    ("London", "GB"),
-    ("Paris", "FR"),
-    ("Madrid", "ES"),
-    ("Warszawa", "PL"),
-    ("서울", "KR"),
-    ("北京", "CN"),
-    ("Αθήνα", "GR"),
-    ("กรุงเทพมหานคร", "TH"),
-    ("बेंगलुरु", "IN"),
-    ("San Francisco", "US"),
-    ("São Paulo", "BR"),
-];
-const ADDRESS_KEYS: [&str; 10] = [
-    "home", "office", "parents", "pickup", "gift", "cabin", "studio", "locker", "school", "friend",
-];
-const LABELS: [&str; 5] = ["", " 🏠", " 🏢", " 🎁", " ✨"];
 const BAD_CURRENCIES: [&str; 5] = ["EURO", "XYZ", "eur", "€", "US$"];
 const DECLINED_METHODS: [&str; 3] = ["bitcoin", "iou", "seashells"];
 /// Ways to be `invalid_order`; `invalid_order` orders cycle through them.
@@ -663,28 +352,6 @@ impl Generator {
         }
     }
 
-    fn address(&mut self) -> Address {
-        let rng = &mut self.rng;
-        let (city, country) = *CITIES.choose(rng).expect("not empty");
-        Address {
-            name: format!(
-                "{}{}",
-                NAMES.choose(rng).expect("not empty"),
-                LABELS.choose(rng).expect("not empty")
-            ),
-            line1: STREETS.choose(rng).expect("not empty").to_string(),
-            line2: rng
-                .gen_bool(0.3)
-                .then(|| format!("Apt {} ✨", rng.gen_range(1..200))),
-            city: city.to_string(),
-            region: rng
-                .gen_bool(0.2)
-                .then(|| "Région Île-de-France".to_string()),
-            postal_code: format!("{:05}", rng.gen_range(1000..99_999)),
-            country: country.to_string(),
-        }
-    }
-
     /// A valid order: every check of the contract passes; hot orders have
     /// one line for a hot SKU, within its per-customer limit.
     fn valid_order(&mut self, order_id: &str, at: Duration, hot: bool) -> OrderPlaced {
@@ -699,7 +366,7 @@ impl Generator {
         keys.truncate(n_addresses);
         let addresses: BTreeMap<String, Address> = keys
             .iter()
-            .map(|k| (k.to_string(), self.address()))
+            .map(|k| (k.to_string(), people::address(&mut self.rng)))
             .collect();
         let lines: Vec<Line> = (0..n_lines)
             .map(|i| {
@@ -1016,6 +683,7 @@ mod tests {
     use super::*;
     use crate::engine::{Engine, OrderBook, Outcome, Output};
     use crate::inventory::Inventory;
+    use crate::loadtest::shape::Phase;
     use crate::order::decode::{decode_order, Decoded};
     use std::collections::HashMap;
     use std::sync::Arc;
@@ -1131,21 +799,6 @@ mod tests {
         near(duplicates / placed, s.mix.duplicate_share, "duplicates");
         let valid = intents["accept"] + intents["hot"];
         near(cancels / valid, s.mix.cancel_share, "cancellations");
-    }
-
-    #[test]
-    fn zipf_prefers_low_ranks() {
-        let zipf = Zipf::new(100, 1.1);
-        let mut rng = StdRng::seed_from_u64(1);
-        let mut counts = [0u32; 100];
-        for _ in 0..100_000 {
-            counts[zipf.sample(&mut rng)] += 1;
-        }
-        assert!(counts[0] > counts[1] && counts[1] > counts[9] && counts[9] > counts[99]);
-        // P(rank 1) / P(rank 2) = 2^1.1 ≈ 2.14
-        let ratio = counts[0] as f64 / counts[1] as f64;
-        assert!((ratio - 2.14).abs() < 0.15, "{ratio}");
-        assert_eq!(Zipf::new(1, 1.0).sample(&mut rng), 0);
     }
 
     /// Runs every planned record through the real engine (no Kafka) and

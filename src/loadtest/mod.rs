@@ -4,8 +4,11 @@
 //!
 //! - [`scenario`]: the sale's shape, catalog and mix, from TOML and flags.
 //! - [`topics`]: creates missing contract topics with explicit partitions.
-//! - [`generator`]: the catalog and a reproducible schedule of records,
-//!   each with what the audit should expect of it. Pure.
+//! - [`catalog`]: the run's SKUs, stock and prices. Pure.
+//! - [`shape`]: the target rate over time (warm-up, burst, tail). Pure.
+//! - [`people`]: names and addresses in many scripts.
+//! - [`generator`]: a reproducible schedule of records, each with what the
+//!   audit should expect of it. Pure.
 //! - [`probe`]: waits until the processor knows the announced catalog.
 //! - [`sender`]: produces the schedule open loop and keeps the ledger.
 //! - [`collector`]: reads the output topics back, measures latency.
@@ -14,26 +17,31 @@
 //! - [`cli`]: the command's flags.
 
 pub mod audit;
+pub mod catalog;
 pub mod cli;
 pub mod collector;
 pub mod generator;
+pub mod people;
 pub mod probe;
 pub mod report;
 pub mod scenario;
 pub mod sender;
+pub mod shape;
 pub mod topics;
 
 use crate::config::{Config, ConfigErrors};
 use crate::shutdown::Shutdown;
 use audit::Sent;
+use catalog::Catalog;
 use collector::{Collected, Collector};
-use generator::{Catalog, Generator, Shape};
+use generator::Generator;
 use parking_lot::Mutex;
 use rdkafka::error::KafkaError;
 use rdkafka::producer::Producer;
 use report::{LagMs, LatencyMs, Progress, Summary, Thresholds};
 use scenario::{Scenario, ScenarioError};
 use sender::{Failures, Ledger, SendStats};
+use shape::Shape;
 use std::collections::{BTreeMap, HashSet};
 use std::sync::atomic::Ordering;
 use std::sync::Arc;

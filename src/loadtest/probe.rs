@@ -11,8 +11,8 @@
 //! (it may be started after the loadtest: its first read of the inventory
 //! then includes everything).
 
+use super::catalog::PROBE_STOCK;
 use super::collector::Collected;
-use super::generator::PROBE_STOCK;
 use super::sender::{self, Failures, LoadProducer};
 use super::{Event, LoadtestError};
 use crate::config::Config;

@@ -2,7 +2,7 @@
 //! runs, and a final summary, in words or as one JSON object.
 
 use super::audit::Audit;
-use super::generator::Phase;
+use super::shape::Phase;
 use hdrhistogram::Histogram;
 use serde::Serialize;
 use std::collections::BTreeMap;
