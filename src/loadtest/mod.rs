@@ -231,7 +231,8 @@ pub fn run(
 
     let ledger = ledger.lock();
     let failures = failures.lock();
-    let elapsed = send_report.elapsed.as_secs_f64().max(f64::EPSILON);
+    let elapsed = send_report.elapsed.as_secs_f64();
+    let orders_elapsed = send_report.orders_elapsed.as_secs_f64().max(f64::EPSILON);
     let orders_sent = sent.orders.len() as u64;
     let decided = collected.decided.load(Ordering::Relaxed);
     let sale_start_micros = start.duration_since(epoch).as_micros() as u64;
@@ -257,7 +258,7 @@ pub fn run(
         topics_created,
         duration_secs: round3(elapsed),
         orders_sent,
-        orders_per_second: round3(orders_sent as f64 / elapsed),
+        orders_per_second: round3(orders_sent as f64 / orders_elapsed),
         peak_rate_target: scenario.peak_rate(),
         records_sent: stats.records.load(Ordering::Relaxed),
         accepted: 0,

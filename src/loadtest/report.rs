@@ -61,6 +61,7 @@ pub struct Summary {
     pub duration_secs: f64,
     /// Readable orders placed (first copies; duplicates not counted).
     pub orders_sent: u64,
+    /// Orders per second from the first order to the last.
     pub orders_per_second: f64,
     /// The scenario's burst rate, orders per second.
     pub peak_rate_target: f64,

@@ -190,6 +190,9 @@ pub struct SendStats {
 pub struct SendReport {
     /// From the start to the last record enqueued.
     pub elapsed: Duration,
+    /// From the start to the last new order enqueued: the span the order
+    /// rate is measured over (cancellations and duplicates trail it).
+    pub orders_elapsed: Duration,
     /// How far behind schedule records went out, microseconds.
     pub lag: Histogram<u64>,
     pub send_errors: u64,
@@ -214,6 +217,7 @@ pub fn run_schedule(
     let mut lag = Histogram::<u64>::new_with_bounds(1, MAX_LAG_MICROS, 3).expect("valid bounds");
     let mut send_errors = 0;
     let mut stopped = false;
+    let mut orders_elapsed = Duration::ZERO;
     for planned in generator {
         if stop.is_triggered() {
             stopped = true;
@@ -276,6 +280,7 @@ pub fn run_schedule(
                 stats.records.fetch_add(1, Ordering::Relaxed);
                 if token::unpack(opaque).0 == token::ORDER {
                     stats.orders.fetch_add(1, Ordering::Relaxed);
+                    orders_elapsed = start.elapsed();
                 }
             }
             Err(error) => {
@@ -287,6 +292,7 @@ pub fn run_schedule(
     }
     SendReport {
         elapsed: start.elapsed(),
+        orders_elapsed,
         lag,
         send_errors,
         stopped,
