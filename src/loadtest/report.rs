@@ -281,3 +281,90 @@ impl fmt::Display for Progress {
         )
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn summary(thresholds: Thresholds) -> Summary {
+        Summary {
+            scenario: "t".into(),
+            run_id: "r".into(),
+            seed: 1,
+            brokers: "b".into(),
+            topics_created: vec![],
+            duration_secs: 10.0,
+            orders_sent: 1000,
+            orders_per_second: 100.0,
+            peak_rate_target: 1000.0,
+            records_sent: 1100,
+            accepted: 0,
+            rejected: BTreeMap::new(),
+            rejections_intended: BTreeMap::new(),
+            cancelled: 0,
+            cancellations_sent: 0,
+            duplicates: 0,
+            malformed_sent: 0,
+            dlq: 0,
+            fulfillments_requested: 0,
+            fulfillments_cancelled: 0,
+            decided_per_second: 100.0,
+            latency_ms: LatencyMs {
+                p50: 2.0,
+                p99: 12.0,
+                p999: 20.0,
+                max: 30.0,
+            },
+            sender_lag_ms: LagMs::default(),
+            oversold_units: 0,
+            missing_status: 0,
+            duplicate_statuses: 0,
+            conflicting_statuses: 0,
+            unexpected_reasons: 0,
+            unknown_orders: 0,
+            fulfillment_errors: 0,
+            cancellation_errors: 0,
+            dlq_missing: 0,
+            dlq_wrong: 0,
+            delivery_errors: 0,
+            unreadable_outputs: 0,
+            drained: true,
+            thresholds,
+            violations: vec![],
+            examples: vec![],
+            passed: false,
+        }
+    }
+
+    #[test]
+    fn thresholds_decide_pass_or_fail() {
+        let mut met = summary(Thresholds {
+            min_rate: Some(100.0),
+            max_p99_ms: Some(12.0),
+        });
+        met.judge(&Audit::default());
+        assert!(met.passed, "{:?}", met.violations);
+
+        let mut missed = summary(Thresholds {
+            min_rate: Some(150.0),
+            max_p99_ms: Some(10.0),
+        });
+        missed.judge(&Audit::default());
+        assert!(!missed.passed);
+        assert_eq!(missed.violations.len(), 2, "{:?}", missed.violations);
+    }
+
+    #[test]
+    fn any_audit_violation_fails_the_run() {
+        let mut s = summary(Thresholds::default());
+        s.judge(&Audit {
+            oversold_units: 3,
+            ..Audit::default()
+        });
+        assert!(!s.passed);
+        assert_eq!(s.violations, ["oversold_units is 3, must be 0"]);
+        let json: serde_json::Value = serde_json::from_str(&s.to_json()).unwrap();
+        assert_eq!(json["oversold_units"], 3);
+        assert_eq!(json["latency_ms"]["p999"], 20.0);
+    }
+}

@@ -376,7 +376,7 @@ impl Scenario {
             fail(
                 "mix.hot_share",
                 format!(
-                    "+ invalid_share + malformed_share must be at most 1, got {new_order_shares}"
+                    "+ invalid_share + malformed_share must be at most 1, got {new_order_shares:.3}"
                 ),
             );
         }
