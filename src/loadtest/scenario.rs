@@ -572,13 +572,6 @@ fn merge(base: &mut Table, layer: Table) {
     }
 }
 
-/// Where a scenario came from, for messages.
-pub fn describe_source(file: Option<&Path>) -> String {
-    file.map(Path::display)
-        .map(|d| d.to_string())
-        .unwrap_or_else(|| BUILT_IN.to_string())
-}
-
 /// The scenario files shipped in `loadtest/`, for docs and tests.
 pub fn shipped_files() -> Vec<PathBuf> {
     ["flash-sale.toml", "smoke.toml", "demo.toml"]
