@@ -16,12 +16,16 @@
 //!   that rebuilds books and reservations from it after a restart.
 //! - [`telemetry`]: every metric name, help text and bucket in one place.
 //! - [`app`]: wires it all together for `orderflow run`.
+//! - [`loadtest`]: the flash-sale generator and the audit of its outcome.
+//! - [`demo`]: an embedded broker, the processor and the generator in one process.
 
 pub mod app;
 pub mod config;
+pub mod demo;
 pub mod engine;
 pub mod inventory;
 pub mod kafka;
+pub mod loadtest;
 pub mod order;
 pub mod shutdown;
 pub mod state;

@@ -49,6 +49,10 @@ enum Command {
     Run(ConfigArgs),
     /// Read and validate the config; print every error with where it came from.
     CheckConfig(ConfigArgs),
+    /// The flash-sale generator against real brokers; audits the outcome.
+    Loadtest(orderflow::loadtest::cli::LoadtestArgs),
+    /// A flash sale on this machine: embedded broker, processor, generator, audit.
+    Demo(orderflow::demo::DemoArgs),
 }
 
 fn main() -> ExitCode {
@@ -85,6 +89,21 @@ fn main() -> ExitCode {
                     ExitCode::FAILURE
                 }
             }
+        }
+        Command::Loadtest(args) => audited(orderflow::loadtest::cli::run(&args)),
+        Command::Demo(args) => audited(orderflow::demo::cli(&args)),
+    }
+}
+
+/// Exit status of an audited run: 0 passed, 1 audit or threshold failed,
+/// 2 could not run.
+fn audited<E: std::fmt::Display>(result: Result<bool, E>) -> ExitCode {
+    match result {
+        Ok(true) => ExitCode::SUCCESS,
+        Ok(false) => ExitCode::FAILURE,
+        Err(e) => {
+            eprintln!("error: {e}");
+            ExitCode::from(2)
         }
     }
 }
