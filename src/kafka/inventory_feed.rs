@@ -59,7 +59,8 @@ pub fn start(
 ) -> Result<JoinHandle<()>, StartError> {
     let group = format!("{}-inventory", config.kafka.group_id);
     let mut client = super::consumer_config(&config.kafka, &group);
-    client.set("enable.auto.commit", "false");
+    // No group commits, and no statistics: the default context would log them.
+    client.set("enable.auto.commit", "false").set("statistics.interval.ms", "0");
     let consumer: BaseConsumer = client.create()?;
     let feed = Feed {
         inventory,

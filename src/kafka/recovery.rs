@@ -24,7 +24,8 @@ pub fn restore(
 ) -> Result<HashMap<i32, OrderBook>, StartError> {
     let group = format!("{}-restore", config.kafka.group_id);
     let mut client = super::consumer_config(&config.kafka, &group);
-    client.set("enable.auto.commit", "false");
+    // No group commits, and no statistics: the default context would log them.
+    client.set("enable.auto.commit", "false").set("statistics.interval.ms", "0");
     let consumer: BaseConsumer = client.create()?;
     let mut restorer = Restorer::new(inventory, config.engine.dedup_window_orders);
     let mut unreadable = 0u64;
