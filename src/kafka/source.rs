@@ -121,9 +121,13 @@ impl ClientContext for SourceContext {
         let Some(topic) = statistics.topics.get(&self.shared.topic) else {
             return;
         };
+        // Partition -1 is librdkafka's "unassigned" placeholder. A partition
+        // this consumer does not fetch ("none") is reported as not owned, so
+        // its gauge does not freeze at the lag it had when it was revoked.
         for (partition, stats) in &topic.partitions {
-            if *partition >= 0 && stats.consumer_lag >= 0 {
-                telemetry::consumer_lag(*partition, stats.consumer_lag);
+            if *partition >= 0 {
+                let owned = stats.fetch_state != "none";
+                telemetry::consumer_lag(*partition, owned.then_some(stats.consumer_lag));
             }
         }
     }

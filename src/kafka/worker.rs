@@ -8,7 +8,7 @@ use super::tracker::{token, OffsetTracker};
 use crate::config::Topics;
 use crate::engine::{Engine, OrderBook, Output};
 use crate::telemetry;
-use crossbeam_channel::Receiver;
+use crossbeam_channel::{Receiver, RecvTimeoutError};
 use std::collections::HashMap;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -34,7 +34,18 @@ impl Shard {
         let mut outputs = Vec::new();
         let mut last_depth_report = Instant::now();
         telemetry::shard_queue_depth(self.id, 0);
-        while let Ok(record) = queue.recv() {
+        loop {
+            // Waking up when idle keeps the depth gauge current after a burst
+            // drains, instead of frozen at the last busy reading.
+            let record = match queue.recv_timeout(DEPTH_REPORT_INTERVAL) {
+                Ok(record) => record,
+                Err(RecvTimeoutError::Timeout) => {
+                    telemetry::shard_queue_depth(self.id, queue.len());
+                    last_depth_report = Instant::now();
+                    continue;
+                }
+                Err(RecvTimeoutError::Disconnected) => break,
+            };
             let book = books
                 .entry(record.partition)
                 .or_insert_with(|| OrderBook::new(self.dedup_window_orders));
