@@ -368,23 +368,33 @@ fn dashboard_queries_and_alerts_work_on_real_prometheus() {
     });
     assert_eq!(prometheus.scalar("up{job=\"orderflow\"}"), Some(1.0));
 
+    // Batches are deterministic but for placed_at; count them once here,
+    // and build each again right before it is sent, so latency is real.
     let mut expected = Expected {
         records: 0,
         out_of_stock: 0,
         dlq: 0,
     };
-    let batches: Vec<Vec<Record>> = (0..BATCHES).map(|n| batch(n, &mut expected)).collect();
+    for n in 0..BATCHES {
+        batch(n, &mut expected);
+    }
     std::thread::scope(|scope| {
         let sale = scope.spawn(|| {
             let start = Instant::now();
-            for (n, records) in batches.iter().enumerate() {
+            let mut sent = Expected {
+                records: 0,
+                out_of_stock: 0,
+                dlq: 0,
+            };
+            for n in 0..BATCHES {
                 // Pace the batches: a steady sale, not one burst.
                 let due = start + BATCH_PACE * n as u32;
                 if let Some(wait) = due.checked_duration_since(Instant::now()) {
                     std::thread::sleep(wait);
                 }
-                broker.produce("orders", records);
+                broker.produce("orders", &batch(n, &mut sent));
             }
+            assert_eq!(sent.records, expected.records);
         });
 
         // While the sale runs: enough decided orders and scrapes for every
@@ -467,6 +477,21 @@ fn dashboard_queries_and_alerts_work_on_real_prometheus() {
             .scalar("orderflow_processing_seconds_count")
             .unwrap()
             >= expected.records as f64
+    );
+    // Once everything is decided and committed, the lag gauges go back to 0.
+    wait_for(
+        "consumer lag back to 0 after the sale",
+        DRAIN_TIMEOUT,
+        || {
+            prometheus
+                .scalar("sum(max by (partition) (orderflow_consumer_lag_messages))")
+                .filter(|lag| *lag == 0.0)
+        },
+    );
+    assert_eq!(
+        prometheus.query("orderflow_consumer_lag_messages").len(),
+        PARTITIONS as usize,
+        "one lag series per partition"
     );
 
     // Alert rules: all loaded and evaluated without error; every expression
