@@ -4,15 +4,17 @@
 //! flash-sale mix: multi-line, multi-address orders, a sold-out hot SKU,
 //! invalid orders, cancellations, unreadable records), each on a fresh
 //! order book. `metrics_on` also makes every per-record telemetry call the
-//! shard makes (`order_processed` with its two histogram samples, one
-//! `fulfillment_emitted` per fulfillment, the clock reads for the
-//! processing time), with the real Prometheus recorder installed as the
-//! global recorder, as `orderflow run` does. `metrics_off` makes none of
+//! shard makes (`ShardTelemetry::order_processed` with its two histogram
+//! samples, `fulfillment_emitted` per fulfillment, the flushes into the
+//! exporter, the clock reads for the processing time), with the real
+//! Prometheus recorder installed as the global recorder, as `orderflow run`
+//! does. `metrics_off` makes none of
 //! them, so the difference is an upper bound of the cost.
 //!
 //! Run: `cargo bench --bench telemetry`; results in docs/benchmarks.md.
 
 use criterion::{black_box, criterion_group, criterion_main, BatchSize, Criterion, Throughput};
+use metrics_exporter_prometheus::PrometheusHandle;
 use orderflow::engine::{Engine, OrderBook, Output};
 use orderflow::inventory::Inventory;
 use orderflow::order::validate::Limits;
@@ -21,7 +23,7 @@ use orderflow::telemetry;
 use serde_json::json;
 use std::collections::BTreeMap;
 use std::sync::Arc;
-use std::time::Instant;
+use std::time::Duration;
 use time::OffsetDateTime;
 
 const BATCH: usize = 1_000;
@@ -118,6 +120,121 @@ fn placed(id: &str, i: usize, lines: &[(String, i64, i64)]) -> Vec<u8> {
     .unwrap()
 }
 
+/// The shard's work for one batch, without telemetry.
+fn process_off(
+    engine: &Engine,
+    book: &mut OrderBook,
+    records: &[(Vec<u8>, Vec<u8>)],
+    now: OffsetDateTime,
+) {
+    let mut out = Vec::new();
+    for (key, value) in records {
+        out.clear();
+        let processed = engine.process(book, Some(key), Some(value), now, &mut out);
+        black_box(&processed);
+        black_box(&out);
+    }
+}
+
+/// The same, with every telemetry call the shard makes per record, as
+/// `kafka::worker` makes them: the receive time (taken by the consumer
+/// thread in production; here on the same thread, so counted against the
+/// shard), one clock read when the outputs are enqueued, the buffered
+/// per-shard recorder, and its flushes.
+fn process_on(
+    engine: &Engine,
+    book: &mut OrderBook,
+    records: &[(Vec<u8>, Vec<u8>)],
+    now: OffsetDateTime,
+    metrics: &mut telemetry::ShardTelemetry,
+) {
+    let mut out = Vec::new();
+    let mut last_report = quanta::Instant::now();
+    for (key, value) in records {
+        let received = quanta::Instant::now();
+        out.clear();
+        let processed = engine.process(book, Some(key), Some(value), now, &mut out);
+        for output in &out {
+            if let Output::Fulfillment { kind, .. } = output {
+                metrics.fulfillment_emitted(kind);
+            }
+        }
+        let done = quanta::Instant::now();
+        metrics.order_processed(
+            processed.outcome,
+            processed.latency,
+            done.duration_since(received),
+        );
+        if done.duration_since(last_report) >= DEPTH_REPORT_INTERVAL {
+            metrics.flush();
+            last_report = done;
+        }
+        black_box(&out);
+    }
+}
+
+/// As in `kafka::worker`.
+const DEPTH_REPORT_INTERVAL: Duration = Duration::from_millis(500);
+
+/// CPU time this thread has used: unlike wall time, it does not count the
+/// time other processes on a shared machine hold the core.
+fn thread_cpu_time() -> Duration {
+    let mut ts = libc::timespec {
+        tv_sec: 0,
+        tv_nsec: 0,
+    };
+    // SAFETY: `ts` is a valid, writable timespec for the call's duration.
+    let rc = unsafe { libc::clock_gettime(libc::CLOCK_THREAD_CPUTIME_ID, &mut ts) };
+    assert_eq!(rc, 0, "clock_gettime(CLOCK_THREAD_CPUTIME_ID)");
+    Duration::new(ts.tv_sec as u64, ts.tv_nsec as u32)
+}
+
+/// Rounds of the paired comparison.
+const PAIRED_ROUNDS: usize = 300;
+
+/// Off and on alternate batch by batch (which goes first alternates too),
+/// timed in thread CPU time, so load from other processes and frequency
+/// changes hit both alike; the medians' ratio is the overhead. Criterion's
+/// separate wall-clock runs above are seconds apart and, on a shared
+/// machine, noisier than the effect.
+fn paired(
+    engine: &Engine,
+    records: &[(Vec<u8>, Vec<u8>)],
+    now: OffsetDateTime,
+    handle: &PrometheusHandle,
+) {
+    let mut off = Vec::with_capacity(PAIRED_ROUNDS);
+    let mut on = Vec::with_capacity(PAIRED_ROUNDS);
+    for round in 0..PAIRED_ROUNDS {
+        for first in [round % 2 == 0, round % 2 != 0] {
+            let mut book = OrderBook::new(2 * BATCH);
+            let mut metrics = telemetry::ShardTelemetry::new();
+            handle.run_upkeep();
+            let start = thread_cpu_time();
+            if first {
+                process_off(engine, &mut book, records, now);
+                off.push(thread_cpu_time() - start);
+            } else {
+                process_on(engine, &mut book, records, now, &mut metrics);
+                drop(metrics); // the last flush belongs to the batch
+                on.push(thread_cpu_time() - start);
+            }
+        }
+    }
+    off.sort();
+    on.sort();
+    let (off, on) = (off[PAIRED_ROUNDS / 2], on[PAIRED_ROUNDS / 2]);
+    let overhead = on.as_secs_f64() / off.as_secs_f64() - 1.0;
+    println!(
+        "paired, {PAIRED_ROUNDS} rounds of {BATCH} records, thread CPU time: median metrics_off {:.3} ms, metrics_on {:.3} ms, \
+         overhead {:+.2}% ({:.0} ns per record)",
+        off.as_secs_f64() * 1e3,
+        on.as_secs_f64() * 1e3,
+        overhead * 100.0,
+        (on.as_secs_f64() - off.as_secs_f64()) * 1e9 / BATCH as f64,
+    );
+}
+
 fn bench(c: &mut Criterion) {
     // The real recorder, installed before the first telemetry call resolves
     // its handles, exactly as `orderflow run` does.
@@ -136,25 +253,14 @@ fn bench(c: &mut Criterion) {
     .unwrap();
     let mut group = c.benchmark_group("engine_batch");
     group.throughput(Throughput::Elements(BATCH as u64));
-
     group.bench_function("metrics_off", |b| {
-        let mut out = Vec::new();
         b.iter_batched_ref(
             || OrderBook::new(2 * BATCH),
-            |book| {
-                for (key, value) in &records {
-                    out.clear();
-                    let processed = engine.process(book, Some(key), Some(value), now, &mut out);
-                    black_box(&processed);
-                    black_box(&out);
-                }
-            },
+            |book| process_off(&engine, book, &records, now),
             BatchSize::LargeInput,
         )
     });
-
     group.bench_function("metrics_on", |b| {
-        let mut out = Vec::new();
         b.iter_batched_ref(
             || {
                 // The exporter's upkeep folds histogram samples into buckets
@@ -163,27 +269,14 @@ fn bench(c: &mut Criterion) {
                 OrderBook::new(2 * BATCH)
             },
             |book| {
-                for (key, value) in &records {
-                    let received = Instant::now();
-                    out.clear();
-                    let processed = engine.process(book, Some(key), Some(value), now, &mut out);
-                    for output in &out {
-                        if let Output::Fulfillment { kind, .. } = output {
-                            telemetry::fulfillment_emitted(kind);
-                        }
-                    }
-                    telemetry::order_processed(
-                        processed.outcome,
-                        processed.latency,
-                        received.elapsed(),
-                    );
-                    black_box(&out);
-                }
+                let mut metrics = telemetry::ShardTelemetry::new();
+                process_on(&engine, book, &records, now, &mut metrics);
             },
             BatchSize::LargeInput,
         )
     });
     group.finish();
+    paired(&engine, &records, now, &handle);
 
     // The metrics really were recorded (a broken recorder would be free).
     let scrape = handle.render();

@@ -11,7 +11,7 @@ use crate::telemetry;
 use crossbeam_channel::{Receiver, RecvTimeoutError};
 use std::collections::HashMap;
 use std::sync::Arc;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 use time::OffsetDateTime;
 
 /// How often a shard reports its queue depth.
@@ -32,7 +32,8 @@ impl Shard {
     pub fn run(self, queue: Receiver<Record>) {
         let mut books: HashMap<i32, OrderBook> = HashMap::new();
         let mut outputs = Vec::new();
-        let mut last_depth_report = Instant::now();
+        let mut last_depth_report = quanta::Instant::now();
+        let mut metrics = telemetry::ShardTelemetry::new();
         telemetry::shard_queue_depth(self.id, 0);
         loop {
             // Waking up when idle keeps the depth gauge current after a burst
@@ -40,8 +41,9 @@ impl Shard {
             let record = match queue.recv_timeout(DEPTH_REPORT_INTERVAL) {
                 Ok(record) => record,
                 Err(RecvTimeoutError::Timeout) => {
+                    metrics.flush();
                     telemetry::shard_queue_depth(self.id, queue.len());
-                    last_depth_report = Instant::now();
+                    last_depth_report = quanta::Instant::now();
                     continue;
                 }
                 Err(RecvTimeoutError::Disconnected) => break,
@@ -62,18 +64,25 @@ impl Shard {
                 .begin(record.partition, record.offset, outputs.len() as u32);
             let token = token::pack(record.partition, record.offset);
             for output in outputs.drain(..) {
+                if let Output::Fulfillment { kind, .. } = &output {
+                    metrics.fulfillment_emitted(kind);
+                }
                 self.send(&record, output, token);
             }
-            telemetry::order_processed(
+            // One clock read serves the processing time and the report timer.
+            let done = quanta::Instant::now();
+            metrics.order_processed(
                 processed.outcome,
                 processed.latency,
-                record.received.elapsed(),
+                done.duration_since(record.received),
             );
-            if last_depth_report.elapsed() >= DEPTH_REPORT_INTERVAL {
+            if done.duration_since(last_depth_report) >= DEPTH_REPORT_INTERVAL {
+                metrics.flush();
                 telemetry::shard_queue_depth(self.id, queue.len());
-                last_depth_report = Instant::now();
+                last_depth_report = done;
             }
         }
+        metrics.flush();
         telemetry::shard_queue_depth(self.id, 0);
     }
 
@@ -87,19 +96,14 @@ impl Shard {
                 token,
             ),
             Output::Fulfillment {
-                order_id,
-                kind,
-                payload,
-            } => {
-                telemetry::fulfillment_emitted(kind);
-                self.sink.send(
-                    &self.topics.fulfillments,
-                    Some(order_id.as_bytes()),
-                    Some(&payload),
-                    &[],
-                    token,
-                )
-            }
+                order_id, payload, ..
+            } => self.sink.send(
+                &self.topics.fulfillments,
+                Some(order_id.as_bytes()),
+                Some(&payload),
+                &[],
+                token,
+            ),
             Output::DeadLetter(dead) => self.sink.send_dead_letter(
                 &self.topics.dlq,
                 (&self.topics.orders, record.partition, record.offset),
