@@ -243,12 +243,7 @@ fn kafka_init_creates_every_contract_topic_with_explicit_partitions() {
     ] {
         let line = script
             .lines()
-            .find(|l| {
-                l.trim()
-                    .split_whitespace()
-                    .take(2)
-                    .eq(["create", topic.as_str()])
-            })
+            .find(|l| l.split_whitespace().take(2).eq(["create", topic.as_str()]))
             .unwrap_or_else(|| panic!("kafka-init does not create {topic}"));
         let partitions: u32 = line.split_whitespace().nth(2).unwrap().parse().unwrap();
         assert!(partitions >= 1, "{line}");
