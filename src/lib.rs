@@ -12,7 +12,8 @@
 //!   per-partition order book that dedups and remembers accepted orders.
 //! - [`kafka`]: the source (consumer, inventory feed), the shards that run
 //!   the engine, and the sink (producer with delivery tracking, DLQ).
-//! - [`telemetry`]: every metric name, help text and bucket in one place.
+//! - [`telemetry`]: every metric name, help text and bucket in one place,
+//!   and the `/metrics`, `/health` and `/ready` endpoints.
 //! - [`app`]: wires it all together for `orderflow run`.
 
 pub mod app;

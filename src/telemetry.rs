@@ -309,7 +309,8 @@ pub fn init_series() {
 /// whenever the shard reports its queue depth (at least every
 /// `DEPTH_REPORT_INTERVAL` when busy, and when idle). Recording straight
 /// into the exporter's shared counters and histogram buckets per record
-/// cost the engine about 4% (docs/benchmarks.md); this is under 1%.
+/// cost up to 4% of the engine's time; this costs about 1%
+/// (docs/benchmarks.md, "Metrics overhead").
 /// Logs are never buffered: each event logs when it happens.
 pub struct ShardTelemetry {
     handles: &'static Handles,
