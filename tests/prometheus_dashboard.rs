@@ -542,12 +542,14 @@ fn dashboard_queries_and_alerts_work_on_real_prometheus() {
 
     // Graceful stop: /ready turns 503 as soon as shutdown starts, while the
     // process still flushes; then it exits 0.
-    let pid = processor.child.id().to_string();
-    assert!(Command::new("kill")
-        .args(["-TERM", &pid])
-        .status()
-        .unwrap()
-        .success());
+    let pid = processor.child.id() as libc::pid_t;
+    // SAFETY: signals our own child, which is not yet reaped (so the pid is
+    // still its own).
+    assert_eq!(
+        unsafe { libc::kill(pid, libc::SIGTERM) },
+        0,
+        "SIGTERM to orderflow"
+    );
     let seen = wait_for(
         "orderflow to stop being ready",
         START_TIMEOUT,
