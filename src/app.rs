@@ -8,6 +8,7 @@ use crate::kafka::source::{self, SourceContext, SourceShared};
 use crate::kafka::{self, inventory_feed, sink::Sink, tracker::OffsetTracker, worker::Shard};
 pub use crate::shutdown::Shutdown;
 use crate::telemetry;
+pub use crate::telemetry::Readiness;
 use anyhow::Context;
 use metrics_exporter_prometheus::PrometheusHandle;
 use rdkafka::consumer::{BaseConsumer, Consumer};
@@ -34,17 +35,20 @@ pub fn init_logging(log: &LogConfig) {
     };
 }
 
-/// Installs the Prometheus recorder and serves `/metrics`. Call inside a
-/// Tokio runtime. Returns `None` when metrics are disabled.
-pub fn serve_metrics(metrics: &MetricsConfig) -> anyhow::Result<Option<PrometheusHandle>> {
+/// Installs the Prometheus recorder and serves `/metrics`, `/health` and
+/// `/ready` (answered from `readiness`). Call inside a Tokio runtime.
+/// Returns `None` when metrics are disabled.
+pub fn serve_metrics(
+    metrics: &MetricsConfig,
+    readiness: &Readiness,
+) -> anyhow::Result<Option<PrometheusHandle>> {
     if !metrics.enabled {
         return Ok(None);
     }
     let listen = metrics.listen.parse().context("metrics.listen")?;
-    let handle =
-        telemetry::install(listen).with_context(|| format!("serving metrics on {listen}"))?;
-    telemetry::init_series();
-    tracing::info!(%listen, "metrics at http://{listen}/metrics");
+    let handle = telemetry::install(listen, readiness.clone())
+        .with_context(|| format!("serving metrics on {listen}"))?;
+    tracing::info!(%listen, "metrics at http://{listen}/metrics, probes at /health and /ready");
     Ok(Some(handle))
 }
 
@@ -69,6 +73,17 @@ pub async fn shutdown_on_signal(shutdown: Shutdown) {
 /// Runs the processor until `shutdown` is triggered, then finishes in-flight
 /// records, flushes outputs and commits offsets.
 pub fn run(config: Config, shutdown: Shutdown) -> anyhow::Result<()> {
+    let readiness = Readiness::new(&shutdown);
+    run_with_readiness(config, shutdown, &readiness)
+}
+
+/// [`run`], marking `readiness` ready once the inventory is read to its end
+/// and the orders consumer is subscribed.
+pub fn run_with_readiness(
+    config: Config,
+    shutdown: Shutdown,
+    readiness: &Readiness,
+) -> anyhow::Result<()> {
     let tracker = Arc::new(OffsetTracker::new());
     let sink = Arc::new(
         Sink::new(
@@ -118,6 +133,7 @@ pub fn run(config: Config, shutdown: Shutdown) -> anyhow::Result<()> {
         let thread = std::thread::Builder::new().name(format!("shard-{id}"));
         shards.push(thread.spawn(move || shard.run(rx, restored))?);
     }
+    readiness.set_ready();
     let gauges = spawn_gauges(
         inventory,
         tracker.clone(),

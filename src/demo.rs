@@ -20,6 +20,7 @@ use crate::config::{Config, ConfigErrors};
 use crate::loadtest::report::Summary;
 use crate::loadtest::scenario::{Overrides, Scenario, DEMO_TOML};
 use crate::loadtest::{self, Event, LoadtestError, Options};
+use crate::telemetry::Readiness;
 use rdkafka::error::KafkaError;
 use rdkafka::mocking::MockCluster;
 use std::net::TcpListener;
@@ -115,19 +116,20 @@ pub fn run(args: &DemoArgs, observe: &mut dyn FnMut(Event<'_>)) -> Result<Summar
         .enable_all()
         .build()
         .map_err(|e| DemoError::Metrics(e.to_string()))?;
+    let shutdown = Shutdown::new();
+    let readiness = Readiness::new(&shutdown);
     let _metrics = runtime
-        .block_on(async { app::serve_metrics(&config.metrics) })
+        .block_on(async { app::serve_metrics(&config.metrics, &readiness) })
         .map_err(|e| DemoError::Metrics(format!("{e:#}")))?;
     observe(Event::Notice(&format!(
         "embedded broker at {brokers}; metrics at http://{listen}/metrics while the demo runs"
     )));
 
-    let shutdown = Shutdown::new();
     let processor = {
         let (config, shutdown) = (config.clone(), shutdown.clone());
         std::thread::Builder::new()
             .name("processor".into())
-            .spawn(move || app::run(config, shutdown))
+            .spawn(move || app::run_with_readiness(config, shutdown, &readiness))
             .map_err(|e| DemoError::Processor(e.to_string()))?
     };
     let result = loadtest::run(&config, &scenario, &Options::default(), observe);

@@ -14,7 +14,8 @@
 //!   the engine, and the sink (producer with delivery tracking, DLQ).
 //! - [`state`]: the changelog written beside each status, and the restore
 //!   that rebuilds books and reservations from it after a restart.
-//! - [`telemetry`]: every metric name, help text and bucket in one place.
+//! - [`telemetry`]: every metric name, help text and bucket in one place,
+//!   and the `/metrics`, `/health` and `/ready` endpoints.
 //! - [`app`]: wires it all together for `orderflow run`.
 //! - [`loadtest`]: the flash-sale generator and the audit of its outcome.
 //! - [`demo`]: an embedded broker, the processor and the generator in one process.

@@ -2,7 +2,7 @@
 
 use anyhow::Context;
 use clap::{Parser, Subcommand};
-use orderflow::app::{self, Shutdown};
+use orderflow::app::{self, Readiness, Shutdown};
 use orderflow::config::Config;
 use std::path::PathBuf;
 use std::process::ExitCode;
@@ -113,6 +113,7 @@ fn run(config: Config) -> anyhow::Result<()> {
     let runtime = tokio::runtime::Runtime::new().context("starting the async runtime")?;
     let shutdown = Shutdown::new();
     runtime.spawn(app::shutdown_on_signal(shutdown.clone()));
-    let _metrics = runtime.block_on(async { app::serve_metrics(&config.metrics) })?;
-    app::run(config, shutdown)
+    let readiness = Readiness::new(&shutdown);
+    let _metrics = runtime.block_on(async { app::serve_metrics(&config.metrics, &readiness) })?;
+    app::run_with_readiness(config, shutdown, &readiness)
 }

@@ -53,6 +53,7 @@ fn correct_run() -> (Sent, Seen) {
     }
     let engine = Engine::new(inventory, limits);
     let mut book = OrderBook::new(100_000);
+    let mut offset: i64 = 0;
     let mut seen = Seen::default();
     for planned in generator {
         match planned.note {
@@ -69,6 +70,10 @@ fn correct_run() -> (Sent, Seen) {
         let mut out = Vec::new();
         engine.process(
             &mut book,
+            {
+                offset += 1;
+                offset
+            },
             Some(&planned.key),
             Some(&planned.value),
             now,

@@ -60,7 +60,9 @@ pub fn start(
     let group = format!("{}-inventory", config.kafka.group_id);
     let mut client = super::consumer_config(&config.kafka, &group);
     // No group commits, and no statistics: the default context would log them.
-    client.set("enable.auto.commit", "false").set("statistics.interval.ms", "0");
+    client
+        .set("enable.auto.commit", "false")
+        .set("statistics.interval.ms", "0");
     let consumer: BaseConsumer = client.create()?;
     let feed = Feed {
         inventory,

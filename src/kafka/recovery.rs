@@ -25,7 +25,9 @@ pub fn restore(
     let group = format!("{}-restore", config.kafka.group_id);
     let mut client = super::consumer_config(&config.kafka, &group);
     // No group commits, and no statistics: the default context would log them.
-    client.set("enable.auto.commit", "false").set("statistics.interval.ms", "0");
+    client
+        .set("enable.auto.commit", "false")
+        .set("statistics.interval.ms", "0");
     let consumer: BaseConsumer = client.create()?;
     let mut restorer = Restorer::new(inventory, config.engine.dedup_window_orders);
     let mut unreadable = 0u64;

@@ -9,10 +9,10 @@ use crate::config::Topics;
 use crate::engine::{Engine, OrderBook, Output};
 use crate::state;
 use crate::telemetry;
-use crossbeam_channel::Receiver;
+use crossbeam_channel::{Receiver, RecvTimeoutError};
 use std::collections::HashMap;
 use std::sync::Arc;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 use time::OffsetDateTime;
 
 /// How often a shard reports its queue depth.
@@ -33,9 +33,22 @@ impl Shard {
     /// `books` are the order books restored at start, by partition.
     pub fn run(self, queue: Receiver<Record>, mut books: HashMap<i32, OrderBook>) {
         let mut outputs = Vec::new();
-        let mut last_depth_report = Instant::now();
+        let mut last_depth_report = quanta::Instant::now();
+        let mut metrics = telemetry::ShardTelemetry::new();
         telemetry::shard_queue_depth(self.id, 0);
-        while let Ok(record) = queue.recv() {
+        loop {
+            // Waking up when idle keeps the depth gauge current after a burst
+            // drains, instead of frozen at the last busy reading.
+            let record = match queue.recv_timeout(DEPTH_REPORT_INTERVAL) {
+                Ok(record) => record,
+                Err(RecvTimeoutError::Timeout) => {
+                    metrics.flush();
+                    telemetry::shard_queue_depth(self.id, queue.len());
+                    last_depth_report = quanta::Instant::now();
+                    continue;
+                }
+                Err(RecvTimeoutError::Disconnected) => break,
+            };
             let book = books
                 .entry(record.partition)
                 .or_insert_with(|| OrderBook::new(self.dedup_window_orders));
@@ -51,17 +64,26 @@ impl Shard {
             // Register before sending, so no delivery report can come first.
             self.tracker
                 .begin(record.partition, record.offset, outputs.len() as u32);
+            for output in &outputs {
+                if let Output::Fulfillment { kind, .. } = output {
+                    metrics.fulfillment_emitted(kind);
+                }
+            }
             self.send(&record, &mut outputs);
-            telemetry::order_processed(
+            // One clock read serves the processing time and the report timer.
+            let done = quanta::Instant::now();
+            metrics.order_processed(
                 processed.outcome,
                 processed.latency,
-                record.received.elapsed(),
+                done.duration_since(record.received),
             );
-            if last_depth_report.elapsed() >= DEPTH_REPORT_INTERVAL {
+            if done.duration_since(last_depth_report) >= DEPTH_REPORT_INTERVAL {
+                metrics.flush();
                 telemetry::shard_queue_depth(self.id, queue.len());
-                last_depth_report = Instant::now();
+                last_depth_report = done;
             }
         }
+        metrics.flush();
         telemetry::shard_queue_depth(self.id, 0);
     }
 
@@ -91,11 +113,8 @@ impl Shard {
                     });
                 }
                 Output::Fulfillment {
-                    order_id,
-                    kind,
-                    payload,
+                    order_id, payload, ..
                 } => {
-                    telemetry::fulfillment_emitted(kind);
                     fulfillments.push(Outgoing {
                         topic: self.topics.fulfillments.clone(),
                         key: Some(order_id.into_bytes()),

@@ -813,6 +813,7 @@ mod tests {
         }
         let engine = Engine::new(inventory, limits.clone());
         let mut book = OrderBook::new(1_000_000);
+        let mut offset: i64 = 0;
         let mut reasons_seen: HashMap<Reason, u64> = HashMap::new();
         let mut dlq_seen: HashMap<DlqReason, u64> = HashMap::new();
         let mut texts_checked = 0;
@@ -825,6 +826,10 @@ mod tests {
             let mut out = Vec::new();
             let processed = engine.process(
                 &mut book,
+                {
+                    offset += 1;
+                    offset
+                },
                 Some(&planned.key),
                 Some(&planned.value),
                 ORIGIN,
