@@ -33,4 +33,5 @@ step "cargo clippy"
 cargo clippy --all-targets --locked -- -D warnings
 
 step "cargo test"
-cargo test --all-targets --locked -- --test-threads="${TEST_THREADS:-2}"
+# (no harness flags here: criterion benches, run once in test mode, reject them)
+cargo test --all-targets --locked
