@@ -58,12 +58,7 @@ pub fn start(
     shutdown: Shutdown,
 ) -> Result<JoinHandle<()>, StartError> {
     let group = format!("{}-inventory", config.kafka.group_id);
-    let mut client = super::consumer_config(&config.kafka, &group);
-    // No group commits, and no statistics: the default context would log them.
-    client
-        .set("enable.auto.commit", "false")
-        .set("statistics.interval.ms", "0");
-    let consumer: BaseConsumer = client.create()?;
+    let consumer: BaseConsumer = super::reader_config(&config.kafka, &group).create()?;
     let feed = Feed {
         inventory,
         sink,

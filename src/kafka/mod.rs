@@ -66,6 +66,17 @@ pub fn consumer_config(kafka: &KafkaConfig, group_id: &str) -> ClientConfig {
     config
 }
 
+/// Config for a consumer that reads whole topics on its own (inventory
+/// feed, restore): no group commits, and no statistics (the default
+/// context would log them).
+pub fn reader_config(kafka: &KafkaConfig, group_id: &str) -> ClientConfig {
+    let mut config = consumer_config(kafka, group_id);
+    config
+        .set("enable.auto.commit", "false")
+        .set("statistics.interval.ms", "0");
+    config
+}
+
 /// Config for the output producer.
 pub fn producer_config(kafka: &KafkaConfig) -> ClientConfig {
     let mut config = base_config(kafka);

@@ -23,12 +23,7 @@ pub fn restore(
     shutdown: &Shutdown,
 ) -> Result<HashMap<i32, OrderBook>, StartError> {
     let group = format!("{}-restore", config.kafka.group_id);
-    let mut client = super::consumer_config(&config.kafka, &group);
-    // No group commits, and no statistics: the default context would log them.
-    client
-        .set("enable.auto.commit", "false")
-        .set("statistics.interval.ms", "0");
-    let consumer: BaseConsumer = client.create()?;
+    let consumer: BaseConsumer = super::reader_config(&config.kafka, &group).create()?;
     let mut restorer = Restorer::new(inventory, config.engine.dedup_window_orders);
     let mut unreadable = 0u64;
     let topic = &config.topics.status;

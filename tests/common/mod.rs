@@ -229,21 +229,7 @@ impl Broker {
         timeout: Duration,
         enough: impl Fn(&[OwnedMessage]) -> bool,
     ) -> Vec<OwnedMessage> {
-        let consumer: BaseConsumer = self
-            .client_config()
-            .set("group.id", format!("test-reader-{}", free_port()))
-            .set("enable.auto.commit", "false")
-            .create()
-            .unwrap();
-        let md = consumer
-            .fetch_metadata(Some(topic), Duration::from_secs(10))
-            .unwrap();
-        let mut tpl = TopicPartitionList::new();
-        for p in md.topics()[0].partitions() {
-            tpl.add_partition_offset(topic, p.id(), Offset::Beginning)
-                .unwrap();
-        }
-        consumer.assign(&tpl).unwrap();
+        let (consumer, _) = self.reader(topic);
         let mut messages = Vec::new();
         let deadline = Instant::now() + timeout;
         while !enough(&messages) {
@@ -259,8 +245,9 @@ impl Broker {
         messages
     }
 
-    /// Reads every record of `topic` up to its high watermarks as of now.
-    pub fn read_to_end(&self, topic: &str) -> Vec<OwnedMessage> {
+    /// A consumer assigned to every partition of `topic` from the
+    /// beginning, and each non-empty partition's high watermark as of now.
+    fn reader(&self, topic: &str) -> (BaseConsumer, std::collections::HashMap<i32, i64>) {
         let consumer: BaseConsumer = self
             .client_config()
             .set("group.id", format!("test-reader-{}", free_port()))
@@ -271,18 +258,24 @@ impl Broker {
             .fetch_metadata(Some(topic), Duration::from_secs(10))
             .unwrap();
         let mut tpl = TopicPartitionList::new();
-        let mut remaining = std::collections::HashMap::new();
+        let mut highs = std::collections::HashMap::new();
         for p in md.topics()[0].partitions() {
             let (low, high) = consumer
                 .fetch_watermarks(topic, p.id(), Duration::from_secs(10))
                 .unwrap();
             if high > low {
-                remaining.insert(p.id(), high);
+                highs.insert(p.id(), high);
             }
             tpl.add_partition_offset(topic, p.id(), Offset::Beginning)
                 .unwrap();
         }
         consumer.assign(&tpl).unwrap();
+        (consumer, highs)
+    }
+
+    /// Reads every record of `topic` up to its high watermarks as of now.
+    pub fn read_to_end(&self, topic: &str) -> Vec<OwnedMessage> {
+        let (consumer, mut remaining) = self.reader(topic);
         let mut messages = Vec::new();
         let deadline = Instant::now() + ADMIN_TIMEOUT;
         while !remaining.is_empty() {
