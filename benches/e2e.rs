@@ -53,6 +53,18 @@ const PARTITIONS: i32 = 4;
 const SHARDS: usize = 2;
 /// The longest one system may take to get through every order.
 const RUN_TIMEOUT: Duration = Duration::from_secs(600);
+/// Consumer session timeout of the processor under test. tansu on sqlite,
+/// busy writing a burst of outputs on a shared two-core machine, has been
+/// seen answering heartbeats more than 10 s (the default) late; the
+/// rebalance that follows would be measured instead of the processor.
+const SESSION_TIMEOUT_MS: u64 = 45_000;
+/// How long the reader's fetches wait for data on the broker. Much shorter
+/// and an idle reader spins fetch requests at tansu, starving its group
+/// coordinator (consumer sessions time out); a fetch returns as soon as
+/// data is there, so this adds no latency under load.
+const READER_FETCH_WAIT_MS: &str = "100";
+/// How often a reader that is still waiting says how far it got.
+const PROGRESS_INTERVAL: Duration = Duration::from_secs(10);
 /// Messages the peer takes from the consumer per Redis round trip.
 const PEER_BATCH: usize = 256;
 /// Producer settings every system uses: orderflow's defaults.
@@ -130,7 +142,7 @@ fn read_back(
         .client_config()
         .set("group.id", format!("reader-{}", common::free_port()))
         .set("enable.auto.commit", "false")
-        .set("fetch.wait.max.ms", "5")
+        .set("fetch.wait.max.ms", READER_FETCH_WAIT_MS)
         .create()
         .unwrap();
     let mut tpl = TopicPartitionList::new();
@@ -145,7 +157,12 @@ fn read_back(
         let mut got = vec![0usize; topics.len()];
         let mut first = None;
         let deadline = Instant::now() + RUN_TIMEOUT;
+        let mut next_report = Instant::now() + PROGRESS_INTERVAL;
         while got.iter().zip(&want).any(|(g, w)| g < w) {
+            if Instant::now() >= next_report {
+                eprintln!("  reading back {topics:?}: {got:?} of {want:?}");
+                next_report = Instant::now() + PROGRESS_INTERVAL;
+            }
             assert!(
                 Instant::now() < deadline,
                 "timed out reading {topics:?}: {got:?} of {want:?}"
@@ -260,6 +277,7 @@ fn processor_config(
         format!("topics.fulfillments=fulfillments-{run}"),
         format!("topics.dlq=dlq-{run}"),
         format!("engine.shards={SHARDS}"),
+        format!("kafka.session_timeout_ms={SESSION_TIMEOUT_MS}"),
         format!("metrics.enabled={metrics}"),
         format!("metrics.listen={METRICS_LISTEN}"),
         "log.level=warn".to_string(),
@@ -450,6 +468,10 @@ fn main() {
     let n: usize = env_or("E2E_ORDERS", DEFAULT_ORDERS);
     let rounds: usize = env_or("E2E_ROUNDS", DEFAULT_ROUNDS);
     let latency_secs: u64 = env_or("E2E_LATENCY_SECS", DEFAULT_LATENCY_SECS);
+    orderflow::app::init_logging(&orderflow::config::LogConfig {
+        level: std::env::var("E2E_LOG").unwrap_or_else(|_| "warn".into()),
+        format: "text".into(),
+    });
 
     // Metrics on for every orderflow run, as in production: the telemetry
     // calls are part of the hot path being measured.
