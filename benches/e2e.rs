@@ -16,7 +16,7 @@
 //! the same way for all. Then a latency run: orders produced at half of
 //! orderflow's measured rate onto a fresh topic with `placed_at` = send
 //! time, placed → status read back, and the processor's own
-//! `orderflow_processing_seconds` histogram scraped from its metrics.
+//! `orderflow_processing_seconds` histogram read from its metrics recorder.
 //!
 //! Only with `--bench` (`cargo test --all-targets` runs this target in test
 //! mode, where it returns at once). Run:
@@ -29,6 +29,7 @@ mod support;
 
 use common::Broker;
 use hdrhistogram::Histogram;
+use metrics_exporter_prometheus::PrometheusHandle;
 use orderflow::engine::{Engine, OrderBook, Output};
 use orderflow::order::validate::Limits;
 use orderflow::shutdown::Shutdown;
@@ -36,7 +37,6 @@ use rdkafka::consumer::{BaseConsumer, Consumer};
 use rdkafka::message::Message;
 use rdkafka::producer::{BaseRecord, DefaultProducerContext, Producer, ThreadedProducer};
 use rdkafka::topic_partition_list::{Offset, TopicPartitionList};
-use std::io::{Read, Write};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 use support::Skus;
@@ -47,6 +47,8 @@ const DEFAULT_ORDERS: usize = 200_000;
 const DEFAULT_ROUNDS: usize = 2;
 /// How long the latency run sends orders (E2E_LATENCY_SECS overrides).
 const DEFAULT_LATENCY_SECS: u64 = 10;
+/// Latency run's rate when no round measured one (E2E_ROUNDS=0).
+const DEFAULT_LATENCY_RATE: f64 = 400.0;
 /// Partitions of `orders` and of every output topic, as in the e2e test.
 const PARTITIONS: i32 = 4;
 /// Shards of the processor: one per core of this machine.
@@ -112,15 +114,23 @@ fn send(
     }
 }
 
-/// A group consumer of `topic` from its beginning.
-fn group_consumer(broker: &Broker, group: &str, topic: &str) -> BaseConsumer {
+/// A consumer of every partition of `topic` from its beginning. Assigned,
+/// not subscribed: B and the peer need no group, and tansu's group
+/// coordinator, shared with the processor under test, has been seen
+/// timing out requests after other groups came and went.
+fn assigned_consumer(broker: &Broker, topic: &str) -> BaseConsumer {
     let consumer: BaseConsumer = broker
         .client_config()
-        .set("group.id", group)
-        .set("auto.offset.reset", "earliest")
+        .set("group.id", format!("assigned-{}", common::free_port()))
+        .set("enable.auto.commit", "false")
         .create()
         .unwrap();
-    consumer.subscribe(&[topic]).unwrap();
+    let mut tpl = TopicPartitionList::new();
+    for p in 0..PARTITIONS {
+        tpl.add_partition_offset(topic, p, Offset::Beginning)
+            .unwrap();
+    }
+    consumer.assign(&tpl).unwrap();
     consumer
 }
 
@@ -188,9 +198,9 @@ fn rate(orders: usize, read: &ReadBack) -> f64 {
 }
 
 /// B: copies `orders` to `out` unchanged, record by record, no decoding.
-fn passthrough(broker: &Broker, n: usize, out: &str, group: &str) -> f64 {
+fn passthrough(broker: &Broker, n: usize, out: &str) -> f64 {
     let reader = read_back(broker, vec![out.to_string()], vec![n], |_, _, _| {});
-    let consumer = group_consumer(broker, group, "orders");
+    let consumer = assigned_consumer(broker, "orders");
     let producer = producer(broker);
     let mut copied = 0;
     while copied < n {
@@ -211,16 +221,10 @@ fn passthrough(broker: &Broker, n: usize, out: &str, group: &str) -> f64 {
 
 /// The Redis peer end to end: consume, EVALSHA per order (one pipeline
 /// per poll batch), produce a status per order.
-fn redis_peer(
-    broker: &Broker,
-    redis: &support::RedisServer,
-    n: usize,
-    out: &str,
-    group: &str,
-) -> f64 {
+fn redis_peer(broker: &Broker, redis: &support::RedisServer, n: usize, out: &str) -> f64 {
     let (mut conn, script) = redis.connect_with_catalog(support::CATALOG_SKUS);
     let reader = read_back(broker, vec![out.to_string()], vec![n], |_, _, _| {});
-    let consumer = group_consumer(broker, group, "orders");
+    let consumer = assigned_consumer(broker, "orders");
     let producer = producer(broker);
     let mut done = 0;
     let mut batch = Vec::with_capacity(PEER_BATCH);
@@ -338,15 +342,6 @@ fn expected_fulfillments(records: &[support::Record]) -> usize {
         .count()
 }
 
-/// GET /metrics of the processor under test.
-fn scrape(addr: &str) -> String {
-    let mut stream = std::net::TcpStream::connect(addr).unwrap();
-    write!(stream, "GET /metrics HTTP/1.0\r\nHost: {addr}\r\n\r\n").unwrap();
-    let mut body = String::new();
-    stream.read_to_string(&mut body).unwrap();
-    body
-}
-
 /// Cumulative bucket counts of `orderflow_processing_seconds`, by bound.
 fn processing_buckets(text: &str) -> Vec<(f64, u64)> {
     text.lines()
@@ -376,7 +371,7 @@ fn bucket_quantile(buckets: &[(f64, u64)], q: f64) -> f64 {
 
 /// Orders at `rate_per_s` for `seconds` onto `orders-lat`; placed → status
 /// read back, and the processor's processing-time histogram.
-fn latency_run(broker: &Broker, rate_per_s: f64, seconds: u64, metrics_addr: &str) {
+fn latency_run(broker: &Broker, rate_per_s: f64, seconds: u64, metrics: &PrometheusHandle) {
     let run = "lat";
     let total = (rate_per_s * seconds as f64) as usize;
     // Pre-built with a placeholder time of the same length, stamped at send.
@@ -403,7 +398,7 @@ fn latency_run(broker: &Broker, rate_per_s: f64, seconds: u64, metrics_addr: &st
             },
         )
     };
-    let before = processing_buckets(&scrape(metrics_addr));
+    let before = processing_buckets(&metrics.render());
     let config = processor_config(broker, run, "orders-lat", false);
     let shutdown = Shutdown::new();
     let for_thread = shutdown.clone();
@@ -434,7 +429,7 @@ fn latency_run(broker: &Broker, rate_per_s: f64, seconds: u64, metrics_addr: &st
     reader.join().unwrap();
     shutdown.trigger();
     processor.join().unwrap().expect("processor");
-    let after = processing_buckets(&scrape(metrics_addr));
+    let after = processing_buckets(&metrics.render());
     let diff: Vec<(f64, u64)> = after
         .iter()
         .map(|(le, count)| {
@@ -482,13 +477,16 @@ fn main() {
         .unwrap();
     let metrics_port = common::free_port();
     let metrics_addr = format!("127.0.0.1:{metrics_port}");
-    runtime.block_on(async {
+    // Rendered in-process: the exposition text is what /metrics would serve.
+    let metrics = runtime.block_on(async {
         let config = orderflow::config::MetricsConfig {
             enabled: true,
             listen: metrics_addr.clone(),
             watched_skus: Vec::new(),
         };
-        orderflow::app::serve_metrics(&config).expect("serving metrics")
+        orderflow::app::serve_metrics(&config)
+            .expect("installing the metrics recorder")
+            .expect("metrics are enabled")
     });
 
     let broker = Broker::start();
@@ -534,20 +532,15 @@ fn main() {
     let (mut b, mut of, mut peer, mut of_vs_b, mut of_vs_peer) =
         (vec![], vec![], vec![], vec![], vec![]);
     for run in &runs {
-        let pass = passthrough(&broker, n, &format!("pass-{run}"), &format!("pass-{run}"));
+        // orderflow first: its consumer group is the only one on the broker.
         let ours = run_orderflow(&broker, n, fulfillments, run);
+        let pass = passthrough(&broker, n, &format!("pass-{run}"));
         let mut line = format!("{run}: B passthrough {pass:>8.0} orders/s  orderflow {ours:>8.0} orders/s  orderflow/B {:.3}", ours / pass);
         b.push(pass);
         of.push(ours);
         of_vs_b.push(ours / pass);
         if let Some(redis) = &redis {
-            let theirs = redis_peer(
-                &broker,
-                redis,
-                n,
-                &format!("peer-{run}"),
-                &format!("peer-{run}"),
-            );
+            let theirs = redis_peer(&broker, redis, n, &format!("peer-{run}"));
             line += &format!(
                 "  redis peer {theirs:>8.0} orders/s  orderflow/redis {:.2}",
                 ours / theirs
@@ -557,25 +550,31 @@ fn main() {
         }
         println!("{line}");
     }
-    println!("medians over {rounds} rounds (ratios from one round each, systems back to back):");
-    println!("  B passthrough {:>9.0} orders/s", support::median(&mut b));
-    let of_rate = support::median(&mut of);
-    println!("  orderflow     {of_rate:>9.0} orders/s");
-    println!(
-        "  orderflow/B   {:>9.3}  (target ≥ 0.85)",
-        support::median(&mut of_vs_b)
-    );
-    if !peer.is_empty() {
+    // With E2E_ROUNDS=0 the latency run alone, at E2E_LATENCY_RATE × 2.
+    let mut of_rate: f64 = env_or("E2E_LATENCY_RATE", DEFAULT_LATENCY_RATE) * 2.0;
+    if rounds > 0 {
         println!(
-            "  redis peer    {:>9.0} orders/s",
-            support::median(&mut peer)
+            "medians over {rounds} rounds (ratios from one round each, systems back to back):"
         );
+        println!("  B passthrough {:>9.0} orders/s", support::median(&mut b));
+        of_rate = support::median(&mut of);
+        println!("  orderflow     {of_rate:>9.0} orders/s");
         println!(
-            "  orderflow/redis {:>7.2}  (target > 1)",
-            support::median(&mut of_vs_peer)
+            "  orderflow/B   {:>9.3}  (target ≥ 0.85)",
+            support::median(&mut of_vs_b)
         );
+        if !peer.is_empty() {
+            println!(
+                "  redis peer    {:>9.0} orders/s",
+                support::median(&mut peer)
+            );
+            println!(
+                "  orderflow/redis {:>7.2}  (target > 1)",
+                support::median(&mut of_vs_peer)
+            );
+        }
     }
     if latency_secs > 0 {
-        latency_run(&broker, of_rate / 2.0, latency_secs, &metrics_addr);
+        latency_run(&broker, of_rate / 2.0, latency_secs, &metrics);
     }
 }
