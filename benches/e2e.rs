@@ -152,7 +152,11 @@ fn read_back(
         .client_config()
         .set("group.id", format!("reader-{}", common::free_port()))
         .set("enable.auto.commit", "false")
-        .set("fetch.wait.max.ms", READER_FETCH_WAIT_MS)
+        .set(
+            "fetch.wait.max.ms",
+            std::env::var("E2E_READER_FETCH_WAIT_MS")
+                .unwrap_or_else(|_| READER_FETCH_WAIT_MS.to_string()),
+        )
         .create()
         .unwrap();
     let mut tpl = TopicPartitionList::new();
