@@ -10,7 +10,7 @@ pub mod book;
 
 use crate::inventory::Inventory;
 use crate::order::decode::{decode_order, DeadLetter, Decoded, DlqReason};
-use crate::order::events::{self, Status, StatusEvent};
+use crate::order::events::{self, Status};
 use crate::order::validate::{check_payments, validate, Limits};
 use crate::order::{OrderEvent, OrderPlaced, Reason, Rejection};
 pub use book::{Holding, OrderBook, OrderRecord, OrderState};
@@ -128,7 +128,7 @@ impl Engine {
         &self,
         book: &mut OrderBook,
         offset: i64,
-        order: OrderPlaced,
+        order: OrderPlaced<'_>,
         now: OffsetDateTime,
         out: &mut Vec<Output>,
     ) -> Processed {
@@ -140,9 +140,7 @@ impl Engine {
                 // when cancelled since: the cancellation's replay follows and
                 // sends the shipment cancellations again after them.)
                 if let Ok(valid) = validate(order, &self.limits) {
-                    for fulfillment in events::requested(&valid) {
-                        push_fulfillment(out, &valid.order_id, &fulfillment);
-                    }
+                    push_requested(out, &valid);
                 }
             }
             return Processed::new(outcome);
@@ -155,10 +153,11 @@ impl Engine {
                 return Processed::new(Outcome::Rejected(rejection.reason));
             }
         };
+        let order_id = &*valid.order_id;
         let latency = (now - valid.placed_at).try_into().ok();
         let payments = || check_payments(&valid, &self.limits);
         if let Err(rejection) = self.inventory.reserve(&valid, payments) {
-            self.reject(book, offset, &order_id, &rejection, now, out);
+            self.reject(book, offset, order_id, &rejection, now, out);
             return Processed {
                 outcome: Outcome::Rejected(rejection.reason),
                 latency,
@@ -169,17 +168,14 @@ impl Engine {
             offset,
             placed_offset: offset,
             holding: Some(Holding {
-                customer_id: valid.customer_id.clone(),
+                customer_id: valid.customer_id.to_string(),
                 shipments: events::shipment_keys(&valid),
                 demand: valid.demand.clone(),
             }),
         };
-        let status = StatusEvent::new(&order_id, Status::Accepted, None, now);
-        push_status(out, &status, record.clone());
-        for fulfillment in events::requested(&valid) {
-            push_fulfillment(out, &order_id, &fulfillment);
-        }
-        book.insert(order_id, record);
+        push_status(out, order_id, Status::Accepted, None, now, record.clone());
+        push_requested(out, &valid);
+        book.insert(order_id.to_string(), record);
         Processed {
             outcome: Outcome::Accepted,
             latency,
@@ -201,8 +197,14 @@ impl Engine {
             placed_offset: offset,
             holding: None,
         };
-        let status = StatusEvent::new(order_id, Status::Rejected, Some(rejection), now);
-        push_status(out, &status, record.clone());
+        push_status(
+            out,
+            order_id,
+            Status::Rejected,
+            Some(rejection),
+            now,
+            record.clone(),
+        );
         book.insert(order_id.to_string(), record);
     }
 
@@ -230,8 +232,7 @@ impl Engine {
                     placed_offset: seen.placed_offset,
                     holding: Some(holding.clone()),
                 };
-                let status = StatusEvent::new(order_id, Status::Cancelled, None, now);
-                push_status(out, &status, record.clone());
+                push_status(out, order_id, Status::Cancelled, None, now, record.clone());
                 book.insert(order_id.to_string(), record);
                 Outcome::Cancelled
             }
@@ -257,16 +258,33 @@ fn seen_again(seen: &OrderRecord, offset: i64) -> Outcome {
     }
 }
 
-fn push_status(out: &mut Vec<Output>, status: &StatusEvent, record: OrderRecord) {
-    let payload = serde_json::to_vec(status).expect("status events always serialize");
+fn push_status(
+    out: &mut Vec<Output>,
+    order_id: &str,
+    status: Status,
+    rejection: Option<&Rejection>,
+    now: OffsetDateTime,
+    record: OrderRecord,
+) {
     out.push(Output::Status {
-        order_id: status.order_id.clone(),
-        payload,
+        order_id: order_id.to_string(),
+        payload: events::status_json(order_id, status, rejection, now),
         record,
     });
 }
 
-fn push_fulfillment(out: &mut Vec<Output>, order_id: &str, event: &events::FulfillmentEvent) {
+/// The `fulfillment_requested` events of an accepted order.
+fn push_requested(out: &mut Vec<Output>, order: &crate::order::validate::ValidOrder<'_>) {
+    events::requested_json(order, |kind, payload| {
+        out.push(Output::Fulfillment {
+            order_id: order.order_id.to_string(),
+            kind,
+            payload,
+        })
+    });
+}
+
+fn push_fulfillment(out: &mut Vec<Output>, order_id: &str, event: &events::FulfillmentEvent<'_>) {
     let payload = serde_json::to_vec(event).expect("fulfillment events always serialize");
     out.push(Output::Fulfillment {
         order_id: order_id.to_string(),

@@ -1,4 +1,5 @@
 use super::*;
+use crate::order::events::StatusEvent;
 use crate::order::InventoryEvent;
 use proptest::prelude::*;
 use std::collections::{BTreeMap, HashMap};

@@ -16,13 +16,29 @@
 //! gives the same stock and keeps every sale counted.
 
 use crate::order::{validate::ValidOrder, InventoryEvent, Reason, Rejection};
+use dashmap::mapref::entry::Entry;
 use dashmap::DashMap;
 use parking_lot::Mutex;
 use serde::{Deserialize, Serialize};
+use std::borrow::Borrow;
 use std::collections::{BTreeMap, HashMap};
-use std::sync::Arc;
+use std::hash::{Hash, Hasher};
+use std::sync::OnceLock;
 
-/// The state of one SKU.
+/// Most SKUs one process holds (2^26, about 67 million). A `stock_set` for
+/// a new SKU past it is logged and ignored; orders for that SKU are then
+/// rejected `unknown_sku`.
+pub const MAX_SKUS: usize = 1 << 26;
+/// SKU cells are allocated in chunks of this many.
+const CELLS_PER_CHUNK: usize = 4096;
+const MAX_CHUNKS: usize = MAX_SKUS / CELLS_PER_CHUNK;
+/// SKU names up to this many bytes are stored inside the index entry.
+const INLINE_KEY_BYTES: usize = 22;
+/// Catalogs with up to this many currencies, all ISO-shaped (three bytes),
+/// keep their prices inside the SKU's cell.
+const INLINE_PRICES: usize = 3;
+
+/// A copy of one SKU's state, as [`Inventory::get`] returns it.
 #[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
 pub struct SkuState {
     /// Units the SKU may sell in total: last `stock_set` plus adjustments.
@@ -52,11 +68,248 @@ impl SkuState {
     }
 }
 
-type SkuCell = Arc<Mutex<SkuState>>;
+/// One SKU as the cache keeps it: the fields of [`SkuState`] in about 80
+/// bytes, since a catalog has millions of them (10 million SKUs must fit
+/// in well under 2 GiB with the order books; see docs/benchmarks.md).
+#[derive(Debug, Default)]
+struct Sku {
+    stock: i64,
+    reserved: i64,
+    max_per_customer: Option<u32>,
+    prices: Prices,
+    /// Boxed: 8 bytes instead of an empty map's 48 for the many SKUs
+    /// without a limit, times millions of SKUs.
+    #[allow(clippy::box_collection)]
+    per_customer: Option<Box<HashMap<String, u32>>>,
+}
+
+impl Sku {
+    fn available(&self) -> i64 {
+        (self.stock - self.reserved).max(0)
+    }
+
+    fn held(&self, customer_id: &str) -> u32 {
+        self.per_customer
+            .as_ref()
+            .and_then(|held| held.get(customer_id).copied())
+            .unwrap_or(0)
+    }
+
+    fn hold(&mut self, customer_id: &str, units: u32) {
+        *self
+            .per_customer
+            .get_or_insert_with(Default::default)
+            .entry(customer_id.to_string())
+            .or_default() += units;
+    }
+
+    fn state(&self) -> SkuState {
+        SkuState {
+            stock: self.stock,
+            reserved: self.reserved,
+            prices: self.prices.to_map(),
+            max_per_customer: self.max_per_customer,
+            per_customer: self.per_customer.as_deref().cloned().unwrap_or_default(),
+        }
+    }
+}
+
+/// Catalog prices by currency.
+#[derive(Debug)]
+enum Prices {
+    /// ISO codes are three bytes: a few of them fit in the cell itself.
+    Inline {
+        len: u8,
+        codes: [[u8; 3]; INLINE_PRICES],
+        amounts: [i64; INLINE_PRICES],
+    },
+    /// Any other catalog (more currencies, odd names), sorted by currency.
+    Boxed(Box<[(Box<str>, i64)]>),
+}
+
+impl Default for Prices {
+    fn default() -> Self {
+        Prices::Inline {
+            len: 0,
+            codes: [[0; 3]; INLINE_PRICES],
+            amounts: [0; INLINE_PRICES],
+        }
+    }
+}
+
+impl Prices {
+    fn new(prices: &BTreeMap<String, i64>) -> Prices {
+        if prices.len() <= INLINE_PRICES && prices.keys().all(|c| c.len() == 3) {
+            let mut inline = Prices::default();
+            if let Prices::Inline {
+                len,
+                codes,
+                amounts,
+            } = &mut inline
+            {
+                for (i, (currency, amount)) in prices.iter().enumerate() {
+                    codes[i].copy_from_slice(currency.as_bytes());
+                    amounts[i] = *amount;
+                }
+                *len = prices.len() as u8;
+            }
+            return inline;
+        }
+        Prices::Boxed(
+            prices
+                .iter()
+                .map(|(c, p)| (c.as_str().into(), *p))
+                .collect(),
+        )
+    }
+
+    fn get(&self, currency: &str) -> Option<i64> {
+        match self {
+            Prices::Inline {
+                len,
+                codes,
+                amounts,
+            } => codes[..usize::from(*len)]
+                .iter()
+                .position(|code| code == currency.as_bytes())
+                .map(|i| amounts[i]),
+            Prices::Boxed(prices) => prices
+                .iter()
+                .find(|(c, _)| &**c == currency)
+                .map(|(_, p)| *p),
+        }
+    }
+
+    fn to_map(&self) -> BTreeMap<String, i64> {
+        match self {
+            Prices::Inline {
+                len,
+                codes,
+                amounts,
+            } => codes[..usize::from(*len)]
+                .iter()
+                .zip(amounts)
+                .map(|(code, p)| (String::from_utf8_lossy(code).into_owned(), *p))
+                .collect(),
+            Prices::Boxed(prices) => prices.iter().map(|(c, p)| (c.to_string(), *p)).collect(),
+        }
+    }
+}
+
+/// A SKU name as the index keeps it: short names inline (no allocation of
+/// their own), longer ones boxed. Hashed and compared as bytes, so a lookup
+/// by `&[u8]` finds it.
+#[derive(Debug, Clone)]
+enum SkuKey {
+    Inline {
+        len: u8,
+        bytes: [u8; INLINE_KEY_BYTES],
+    },
+    Boxed(Box<[u8]>),
+}
+
+impl SkuKey {
+    fn new(sku: &str) -> SkuKey {
+        let raw = sku.as_bytes();
+        if raw.len() <= INLINE_KEY_BYTES {
+            let mut bytes = [0; INLINE_KEY_BYTES];
+            bytes[..raw.len()].copy_from_slice(raw);
+            SkuKey::Inline {
+                len: raw.len() as u8,
+                bytes,
+            }
+        } else {
+            SkuKey::Boxed(raw.into())
+        }
+    }
+}
+
+impl Borrow<[u8]> for SkuKey {
+    fn borrow(&self) -> &[u8] {
+        match self {
+            SkuKey::Inline { len, bytes } => &bytes[..usize::from(*len)],
+            SkuKey::Boxed(bytes) => bytes,
+        }
+    }
+}
+
+impl Hash for SkuKey {
+    fn hash<H: Hasher>(&self, state: &mut H) {
+        Borrow::<[u8]>::borrow(self).hash(state)
+    }
+}
+
+impl PartialEq for SkuKey {
+    fn eq(&self, other: &Self) -> bool {
+        Borrow::<[u8]>::borrow(self) == Borrow::<[u8]>::borrow(other)
+    }
+}
+
+impl Eq for SkuKey {}
+
+/// SKU cells in chunks that never move and are never freed before the
+/// inventory: a reservation borrows its SKUs' cells for as long as it holds
+/// the inventory, with no reference count to touch on the hot path (a hot
+/// SKU's count would be one more cache line every shard writes).
+struct Cells {
+    chunks: Box<[OnceLock<Chunk>]>,
+    /// Cells handed out; guarded so two new SKUs never get the same one.
+    len: Mutex<usize>,
+}
+
+/// `CELLS_PER_CHUNK` cells, allocated together.
+type Chunk = Box<[Mutex<Sku>]>;
+
+impl Default for Cells {
+    fn default() -> Self {
+        Cells {
+            chunks: (0..MAX_CHUNKS).map(|_| OnceLock::new()).collect(),
+            len: Mutex::new(0),
+        }
+    }
+}
+
+impl std::fmt::Debug for Cells {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "Cells({})", *self.len.lock())
+    }
+}
+
+impl Cells {
+    fn get(&self, index: u32) -> &Mutex<Sku> {
+        let index = index as usize;
+        &self.chunks[index / CELLS_PER_CHUNK]
+            .get()
+            .expect("a cell's chunk exists before its index is published")[index % CELLS_PER_CHUNK]
+    }
+
+    /// A fresh cell, or `None` past [`MAX_SKUS`].
+    fn push(&self) -> Option<u32> {
+        let mut len = self.len.lock();
+        if *len >= MAX_SKUS {
+            return None;
+        }
+        let index = *len;
+        self.chunks[index / CELLS_PER_CHUNK].get_or_init(|| {
+            (0..CELLS_PER_CHUNK)
+                .map(|_| Mutex::new(Sku::default()))
+                .collect()
+        });
+        *len += 1;
+        Some(index as u32)
+    }
+
+    fn iter(&self) -> impl Iterator<Item = &Mutex<Sku>> {
+        let len = *self.len.lock();
+        (0..len as u32).map(|i| self.get(i))
+    }
+}
 
 #[derive(Debug, Default)]
 pub struct Inventory {
-    skus: DashMap<String, SkuCell>,
+    /// SKU name → its cell in `cells`.
+    index: DashMap<SkuKey, u32>,
+    cells: Cells,
 }
 
 impl Inventory {
@@ -64,13 +317,36 @@ impl Inventory {
         Self::default()
     }
 
+    fn cell(&self, sku: &str) -> Option<&Mutex<Sku>> {
+        let index = *self.index.get(sku.as_bytes())?;
+        Some(self.cells.get(index))
+    }
+
+    /// The SKU's cell, created empty if it is new; `None` past [`MAX_SKUS`].
+    fn cell_or_insert(&self, sku: &str) -> Option<&Mutex<Sku>> {
+        if let Some(cell) = self.cell(sku) {
+            return Some(cell);
+        }
+        let index = match self.index.entry(SkuKey::new(sku)) {
+            Entry::Occupied(entry) => *entry.get(),
+            Entry::Vacant(entry) => {
+                let index = self.cells.push();
+                let Some(index) = index else {
+                    tracing::error!(limit = MAX_SKUS, "inventory is full; SKU ignored");
+                    return None;
+                };
+                entry.insert(index);
+                index
+            }
+        };
+        Some(self.cells.get(index))
+    }
+
     /// Applies an event of the `inventory` topic.
     pub fn apply(&self, event: &InventoryEvent) {
-        let cell = self
-            .skus
-            .entry(event.sku().to_string())
-            .or_default()
-            .clone();
+        let Some(cell) = self.cell_or_insert(event.sku()) else {
+            return;
+        };
         let mut sku = cell.lock();
         match event {
             InventoryEvent::StockSet {
@@ -80,7 +356,7 @@ impl Inventory {
                 ..
             } => {
                 sku.stock = *available;
-                sku.prices = prices.clone();
+                sku.prices = Prices::new(prices);
                 sku.max_per_customer = *max_per_customer;
             }
             InventoryEvent::StockAdjusted { delta, .. } => {
@@ -89,13 +365,12 @@ impl Inventory {
         }
     }
 
-    /// Checks `unknown_sku` then `price_mismatch`; returns each SKU's cell in
-    /// the order of `order.demand`.
-    fn catalog_check(&self, order: &ValidOrder) -> Result<Vec<SkuCell>, Rejection> {
+    /// Each SKU's cell in the order of `order.demand`, or `unknown_sku`.
+    fn cells(&self, order: &ValidOrder<'_>) -> Result<Vec<&Mutex<Sku>>, Rejection> {
         let mut cells = Vec::with_capacity(order.demand.len());
         for (sku, _) in &order.demand {
-            match self.skus.get(sku.as_str()) {
-                Some(cell) => cells.push(cell.clone()),
+            match self.cell(sku) {
+                Some(cell) => cells.push(cell),
                 None => {
                     return Err(Rejection::new(
                         Reason::UnknownSku,
@@ -104,12 +379,31 @@ impl Inventory {
                 }
             }
         }
+        Ok(cells)
+    }
+
+    /// Checks `unknown_sku`, then `price_mismatch`, then runs `between` (the
+    /// payment check, which the reasons table puts after prices), then
+    /// reserves every SKU of the order or none: `customer_limit_exceeded`,
+    /// then `out_of_stock`.
+    ///
+    /// Every SKU of the order is locked once, in sorted order, for the whole
+    /// decision: prices are read under the same locks as the stock, and a hot
+    /// SKU's mutex is taken once per order, not once for prices and again
+    /// for the reservation (half the lock traffic where shards contend).
+    pub fn reserve(
+        &self,
+        order: &ValidOrder<'_>,
+        between: impl FnOnce() -> Result<(), Rejection>,
+    ) -> Result<(), Rejection> {
+        let cells = self.cells(order)?;
+        let mut guards: Vec<_> = cells.iter().map(|cell| cell.lock()).collect();
         for (i, line) in order.lines.iter().enumerate() {
             let index = order
                 .demand
                 .binary_search_by(|(sku, _)| sku.as_str().cmp(&line.sku))
                 .unwrap_or_default();
-            let catalog = cells[index].lock().prices.get(&order.currency).copied();
+            let catalog = guards[index].prices.get(&order.currency);
             match catalog {
                 Some(price) if price == line.unit_price_minor => {}
                 Some(price) => {
@@ -129,27 +423,10 @@ impl Inventory {
                 }
             }
         }
-        Ok(cells)
-    }
-
-    /// Checks the catalog, then runs `between` (the payment check, which the
-    /// reasons table puts after prices), then reserves every SKU of the
-    /// order or none: `customer_limit_exceeded`, then `out_of_stock`.
-    pub fn reserve(
-        &self,
-        order: &ValidOrder,
-        between: impl FnOnce() -> Result<(), Rejection>,
-    ) -> Result<(), Rejection> {
-        let cells = self.catalog_check(order)?;
         between()?;
-        let mut guards: Vec<_> = cells.iter().map(|cell| cell.lock()).collect();
         for ((sku, units), state) in order.demand.iter().zip(&guards) {
             if let Some(limit) = state.max_per_customer {
-                let held = state
-                    .per_customer
-                    .get(&order.customer_id)
-                    .copied()
-                    .unwrap_or(0);
+                let held = state.held(&order.customer_id);
                 if held + units > limit {
                     return Err(Rejection::new(
                         Reason::CustomerLimitExceeded,
@@ -175,10 +452,7 @@ impl Inventory {
         for ((_, units), state) in order.demand.iter().zip(guards.iter_mut()) {
             state.reserved += i64::from(*units);
             if state.max_per_customer.is_some() {
-                *state
-                    .per_customer
-                    .entry(order.customer_id.clone())
-                    .or_default() += units;
+                state.hold(&order.customer_id, *units);
             }
             debug_assert!(
                 state.reserved <= state.stock,
@@ -193,14 +467,13 @@ impl Inventory {
     /// made and published. A SKU not announced yet is created with no stock.
     pub fn restore(&self, holding: &crate::engine::Holding) {
         for (sku, units) in &holding.demand {
-            let cell = self.skus.entry(sku.clone()).or_default().clone();
+            let Some(cell) = self.cell_or_insert(sku) else {
+                continue;
+            };
             let mut state = cell.lock();
             state.reserved += i64::from(*units);
             if state.max_per_customer.is_some() {
-                *state
-                    .per_customer
-                    .entry(holding.customer_id.clone())
-                    .or_default() += units;
+                state.hold(&holding.customer_id, *units);
             }
         }
     }
@@ -209,7 +482,7 @@ impl Inventory {
     /// caller guarantees it is called at most once per accepted order.
     pub fn release(&self, customer_id: &str, demand: &[(String, u32)]) {
         for (sku, units) in demand {
-            let Some(cell) = self.skus.get(sku.as_str()).map(|c| c.clone()) else {
+            let Some(cell) = self.cell(sku) else {
                 debug_assert!(false, "released a SKU that was never reserved");
                 continue;
             };
@@ -219,10 +492,12 @@ impl Inventory {
                 "released more than reserved"
             );
             state.reserved -= i64::from(*units);
-            if let Some(held) = state.per_customer.get_mut(customer_id) {
-                *held = held.saturating_sub(*units);
-                if *held == 0 {
-                    state.per_customer.remove(customer_id);
+            if let Some(per_customer) = state.per_customer.as_mut() {
+                if let Some(held) = per_customer.get_mut(customer_id) {
+                    *held = held.saturating_sub(*units);
+                    if *held == 0 {
+                        per_customer.remove(customer_id);
+                    }
                 }
             }
         }
@@ -230,18 +505,21 @@ impl Inventory {
 
     /// A copy of one SKU's state.
     pub fn get(&self, sku: &str) -> Option<SkuState> {
-        self.skus.get(sku).map(|cell| cell.lock().clone())
+        self.cell(sku).map(|cell| cell.lock().state())
     }
 
     pub fn sku_count(&self) -> usize {
-        self.skus.len()
+        self.index.len()
     }
 
     /// Units sold beyond stock over all SKUs; must stay 0.
     pub fn oversold_units(&self) -> i64 {
-        self.skus
+        self.cells
             .iter()
-            .map(|entry| entry.value().lock().oversold())
+            .map(|cell| {
+                let sku = cell.lock();
+                (sku.reserved - sku.stock).max(0)
+            })
             .sum()
     }
 }

@@ -10,7 +10,7 @@ fn announce(inventory: &Inventory, sku: &str, stock: i64, limit: Option<u32>) {
     });
 }
 
-fn sample() -> ValidOrder {
+fn sample() -> ValidOrder<'static> {
     // SKU-1 × 3 at 1999 and SKU-9 × 1 at 500, paid in EUR.
     validate(sample_order("o-1"), &Limits::default()).unwrap()
 }

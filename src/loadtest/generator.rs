@@ -328,8 +328,8 @@ impl Generator {
             let [min, max] = mix.cancel_delay_ms;
             let cancel_at = at + Duration::from_millis(self.rng.gen_range(min..=max));
             let cancel = OrderCancelled {
-                order_id: order_id.clone(),
-                cancelled_at: Some(self.placed_at(cancel_at)),
+                order_id: order_id.clone().into(),
+                cancelled_at: Some(self.placed_at(cancel_at).into()),
                 reason: Some("customer_request".into()),
             };
             self.defer(Planned {
@@ -354,7 +354,7 @@ impl Generator {
 
     /// A valid order: every check of the contract passes; hot orders have
     /// one line for a hot SKU, within its per-customer limit.
-    fn valid_order(&mut self, order_id: &str, at: Duration, hot: bool) -> OrderPlaced {
+    fn valid_order(&mut self, order_id: &str, at: Duration, hot: bool) -> OrderPlaced<'static> {
         let mix = self.scenario.mix.clone();
         let currency = self.scenario.catalog.currencies
             [self.currency_popularity.sample(&mut self.rng)]
@@ -386,21 +386,21 @@ impl Generator {
                     )
                 };
                 Line {
-                    sku: sku.sku.clone(),
+                    sku: sku.sku.clone().into(),
                     quantity: i64::from(quantity),
                     unit_price_minor: sku.prices[&currency],
-                    ship_to: keys[i % n_addresses].to_string(),
+                    ship_to: keys[i % n_addresses].to_string().into(),
                 }
             })
             .collect();
         let customer = self.rng.gen_range(0..mix.customers);
         let mut order = OrderPlaced {
-            order_id: order_id.to_string(),
-            customer_id: Some(format!("c-{customer}")),
-            placed_at: Some(self.placed_at(at)),
-            currency: Some(currency),
+            order_id: order_id.to_string().into(),
+            customer_id: Some(format!("c-{customer}").into()),
+            placed_at: Some(self.placed_at(at).into()),
+            currency: Some(currency.into()),
             lines: Some(lines),
-            addresses: Some(addresses),
+            addresses: Some(addresses.into_iter().map(|(k, v)| (k.into(), v)).collect()),
             payments: None,
         };
         self.pay(&mut order);
@@ -435,10 +435,10 @@ impl Generator {
                 let needs_authorization =
                     !self.limits.methods_without_authorization.contains(&method);
                 Payment {
-                    method,
+                    method: method.into(),
                     amount_minor: amount,
                     authorization_id: needs_authorization
-                        .then(|| format!("auth-{}-{i}", order.order_id)),
+                        .then(|| format!("auth-{}-{i}", order.order_id).into()),
                 }
             })
             .collect();
@@ -465,8 +465,8 @@ impl Generator {
                     1 => lines[0].quantity = 0,
                     2 => lines[0].quantity = limits.max_quantity + 1,
                     3 => first_address.country = "XX".into(),
-                    4 => first_address.name = "é".repeat(limits.max_text_chars + 1),
-                    5 => first_address.city = String::new(),
+                    4 => first_address.name = "é".repeat(limits.max_text_chars + 1).into(),
+                    5 => first_address.city = String::new().into(),
                     6 => lines[0].ship_to = "nowhere".into(),
                     7 => order.placed_at = Some("yesterday".into()),
                     8 => {
@@ -481,12 +481,13 @@ impl Generator {
                     BAD_CURRENCIES
                         .choose(&mut self.rng)
                         .expect("not empty")
-                        .to_string(),
+                        .to_string()
+                        .into(),
                 );
             }
             Reason::UnknownSku => {
                 let i = self.rng.gen_range(0..lines.len());
-                lines[i].sku = format!("{}-GHOST-{}", self.tag, self.rng.gen_range(0..1000));
+                lines[i].sku = format!("{}-GHOST-{}", self.tag, self.rng.gen_range(0..1000)).into();
             }
             Reason::PriceMismatch => {
                 if self.rng.gen_bool(0.5) {
@@ -494,7 +495,7 @@ impl Generator {
                     lines[i].unit_price_minor += 1;
                 } else {
                     // A real currency, but not one the catalog has prices in.
-                    order.currency = Some(self.unpriced_currency.clone());
+                    order.currency = Some(self.unpriced_currency.clone().into());
                 }
                 self.pay(order);
             }
@@ -507,6 +508,7 @@ impl Generator {
                             .choose(&mut self.rng)
                             .expect("not empty")
                             .to_string()
+                            .into()
                     }
                     2 => {
                         payments[0].method = "card".into();
@@ -526,9 +528,9 @@ impl Generator {
                     .currency
                     .clone()
                     .expect("valid orders have a currency");
-                lines[0].sku = sku.sku.clone();
+                lines[0].sku = sku.sku.clone().into();
                 lines[0].quantity = i64::from(limit) + 1;
-                lines[0].unit_price_minor = sku.prices[&currency];
+                lines[0].unit_price_minor = sku.prices[currency.as_ref()];
                 self.pay(order);
             }
             Reason::OutOfStock => {
@@ -542,8 +544,8 @@ impl Generator {
                     .clone()
                     .expect("valid orders have a currency");
                 let i = self.rng.gen_range(0..lines.len());
-                lines[i].sku = sku.sku.clone();
-                lines[i].unit_price_minor = sku.prices[&currency];
+                lines[i].sku = sku.sku.clone().into();
+                lines[i].unit_price_minor = sku.prices[currency.as_ref()];
                 self.pay(order);
             }
         }
@@ -596,7 +598,7 @@ impl Generator {
             // The record is keyed by `key`; the order inside names another.
             _ => {
                 let mut other = sample;
-                other.order_id = format!("{key}-x");
+                other.order_id = format!("{key}-x").into();
                 placed_json(&other)
             }
         };
@@ -674,7 +676,7 @@ fn shipments(order: &OrderPlaced) -> Vec<(String, u64)> {
         .iter()
         .flatten()
         .filter(|(key, _)| lines.iter().any(|l| &l.ship_to == *key))
-        .map(|(key, address)| (key.clone(), address_fingerprint(address)))
+        .map(|(key, address)| (key.to_string(), address_fingerprint(address)))
         .collect()
 }
 

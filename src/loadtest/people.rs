@@ -82,23 +82,22 @@ pub const ADDRESS_KEYS: [&str; 10] = [
 const LABELS: [&str; 5] = ["", " 🏠", " 🏢", " 🎁", " ✨"];
 /// A shipping address: a name, street and city from the tables, now and
 /// then a second line and a region.
-pub fn address(rng: &mut impl Rng) -> Address {
+pub fn address(rng: &mut impl Rng) -> Address<'static> {
     let (city, country) = *CITIES.choose(rng).expect("not empty");
     Address {
         name: format!(
             "{}{}",
             NAMES.choose(rng).expect("not empty"),
             LABELS.choose(rng).expect("not empty")
-        ),
-        line1: STREETS.choose(rng).expect("not empty").to_string(),
+        )
+        .into(),
+        line1: STREETS.choose(rng).expect("not empty").to_string().into(),
         line2: rng
             .gen_bool(0.3)
-            .then(|| format!("Apt {} ✨", rng.gen_range(1..200))),
-        city: city.to_string(),
-        region: rng
-            .gen_bool(0.2)
-            .then(|| "Région Île-de-France".to_string()),
-        postal_code: format!("{:05}", rng.gen_range(1000..99_999)),
-        country: country.to_string(),
+            .then(|| format!("Apt {} ✨", rng.gen_range(1..200)).into()),
+        city: city.to_string().into(),
+        region: rng.gen_bool(0.2).then(|| "Région Île-de-France".into()),
+        postal_code: format!("{:05}", rng.gen_range(1000..99_999)).into(),
+        country: country.to_string().into(),
     }
 }

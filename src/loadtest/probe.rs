@@ -141,18 +141,16 @@ fn send_probe(
     let lines: Vec<Line> = skus
         .iter()
         .map(|sku| Line {
-            sku: sku.clone(),
+            sku: sku.clone().into(),
             quantity: 1,
             unit_price_minor: PROBE_PRICE_MINOR,
             ship_to: "home".into(),
         })
         .collect();
     let order = OrderPlaced {
-        order_id: order_id.clone(),
-        customer_id: Some(format!("{tag}-probe")),
-        placed_at: Some(crate::order::events::format_time(
-            time::OffsetDateTime::now_utc(),
-        )),
+        order_id: order_id.clone().into(),
+        customer_id: Some(format!("{tag}-probe").into()),
+        placed_at: Some(crate::order::events::format_time(time::OffsetDateTime::now_utc()).into()),
         currency: Some(PROBE_CURRENCY.into()),
         payments: Some(vec![Payment {
             method: "card".into(),
@@ -160,7 +158,7 @@ fn send_probe(
             authorization_id: Some("probe".into()),
         }]),
         lines: Some(lines),
-        addresses: Some(BTreeMap::from([("home".to_string(), address)])),
+        addresses: Some(BTreeMap::from([("home".into(), address)])),
     };
     let mut json = serde_json::to_value(&order).expect("orders serialize");
     json["type"] = "order_placed".into();

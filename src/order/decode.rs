@@ -6,9 +6,11 @@
 //! dead-letter topic with a [`DlqReason`]. Nothing panics and nothing is
 //! dropped: every input lands in exactly one of the three.
 
-use super::{Address, Line, OrderCancelled, OrderEvent, OrderPlaced, Payment, Reason, Rejection};
+use super::{
+    borrow, Addresses, Line, OrderCancelled, OrderEvent, OrderPlaced, Payment, Reason, Rejection,
+};
 use serde::Deserialize;
-use std::collections::BTreeMap;
+use std::borrow::Cow;
 
 /// Why a record went to the dead-letter topic (the `error` header).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
@@ -63,10 +65,10 @@ impl DeadLetter {
     }
 }
 
-/// What a raw record decodes to.
+/// What a raw record decodes to; text borrows from the record's bytes.
 #[derive(Debug, Clone, PartialEq, Eq)]
-pub enum Decoded {
-    Event(OrderEvent),
+pub enum Decoded<'a> {
+    Event(OrderEvent<'a>),
     /// A readable `order_placed` (its `order_id` is known) whose fields do not
     /// have the contract's types: it gets status `rejected`.
     Invalid {
@@ -79,18 +81,27 @@ pub enum Decoded {
 /// Every field of both order event types, all optional, so that a single
 /// parse reads either type without serde's buffering of tagged enums.
 #[derive(Deserialize)]
-struct Flat {
-    #[serde(rename = "type")]
-    kind: Option<String>,
-    order_id: Option<String>,
-    customer_id: Option<String>,
-    placed_at: Option<String>,
-    currency: Option<String>,
-    lines: Option<Vec<Line>>,
-    addresses: Option<BTreeMap<String, Address>>,
-    payments: Option<Vec<Payment>>,
-    cancelled_at: Option<String>,
-    reason: Option<String>,
+struct Flat<'a> {
+    #[serde(rename = "type", default, borrow, deserialize_with = "borrow::option")]
+    kind: Option<Cow<'a, str>>,
+    #[serde(default, borrow, deserialize_with = "borrow::option")]
+    order_id: Option<Cow<'a, str>>,
+    #[serde(default, borrow, deserialize_with = "borrow::option")]
+    customer_id: Option<Cow<'a, str>>,
+    #[serde(default, borrow, deserialize_with = "borrow::option")]
+    placed_at: Option<Cow<'a, str>>,
+    #[serde(default, borrow, deserialize_with = "borrow::option")]
+    currency: Option<Cow<'a, str>>,
+    #[serde(borrow)]
+    lines: Option<Vec<Line<'a>>>,
+    #[serde(default, borrow, deserialize_with = "borrow::addresses")]
+    addresses: Option<Addresses<'a>>,
+    #[serde(borrow)]
+    payments: Option<Vec<Payment<'a>>>,
+    #[serde(default, borrow, deserialize_with = "borrow::option")]
+    cancelled_at: Option<Cow<'a, str>>,
+    #[serde(default, borrow, deserialize_with = "borrow::option")]
+    reason: Option<Cow<'a, str>>,
 }
 
 const PLACED: &str = "order_placed";
@@ -98,7 +109,11 @@ const CANCELLED: &str = "order_cancelled";
 
 /// Decodes one record of the `orders` topic. `max_record_bytes` is the
 /// configured record size limit; `key` must equal the event's `order_id`.
-pub fn decode_order(key: Option<&[u8]>, value: Option<&[u8]>, max_record_bytes: usize) -> Decoded {
+pub fn decode_order<'a>(
+    key: Option<&[u8]>,
+    value: Option<&'a [u8]>,
+    max_record_bytes: usize,
+) -> Decoded<'a> {
     let value = value.unwrap_or_default();
     if value.len() > max_record_bytes {
         return dead(
@@ -124,7 +139,7 @@ pub fn decode_order(key: Option<&[u8]>, value: Option<&[u8]>, max_record_bytes: 
     }
 }
 
-fn dead(reason: DlqReason, detail: impl Into<String>) -> Decoded {
+fn dead<'a>(reason: DlqReason, detail: impl Into<String>) -> Decoded<'a> {
     Decoded::DeadLetter(DeadLetter::new(reason, detail))
 }
 
@@ -142,7 +157,7 @@ fn check_key(key: Option<&[u8]>, order_id: &str) -> Result<(), DeadLetter> {
     }
 }
 
-fn from_flat(key: Option<&[u8]>, flat: Flat) -> Decoded {
+fn from_flat<'a>(key: Option<&[u8]>, flat: Flat<'a>) -> Decoded<'a> {
     let order_id = match flat.order_id {
         Some(id) if !id.is_empty() => id,
         Some(_) => return dead(DlqReason::MissingOrderId, "order_id is empty"),
@@ -187,7 +202,11 @@ fn unknown_type_detail(kind: &str) -> String {
 
 /// The slow path, taken only when the typed parse failed: is this JSON at
 /// all, and is it a readable `order_placed` with badly typed fields?
-fn classify_unparsable(key: Option<&[u8]>, text: &str, error: &serde_json::Error) -> Decoded {
+fn classify_unparsable<'a>(
+    key: Option<&[u8]>,
+    text: &str,
+    error: &serde_json::Error,
+) -> Decoded<'a> {
     let value: serde_json::Value = match serde_json::from_str(text) {
         Ok(value) => value,
         Err(e) => return dead(DlqReason::NotJson, e.to_string()),
@@ -304,7 +323,8 @@ mod tests {
 
     #[test]
     fn decodes_placed_and_ignores_unknown_fields() {
-        let d = decode_order(Some(b"o-1"), Some(placed("o-1").as_bytes()), MAX);
+        let value = placed("o-1");
+        let d = decode_order(Some(b"o-1"), Some(value.as_bytes()), MAX);
         let Decoded::Event(OrderEvent::Placed(p)) = d else {
             panic!("{d:?}")
         };

@@ -9,6 +9,7 @@ pub mod events;
 pub mod validate;
 
 use serde::{Deserialize, Serialize};
+use std::borrow::Cow;
 use std::collections::BTreeMap;
 
 /// Why an order was rejected: the closed set of the contract's reasons table.
@@ -69,74 +70,152 @@ impl Rejection {
 /// One line of an order as it arrives. Numbers are read as `i64` so that a
 /// negative or zero quantity is a validation error with a clear detail, not a
 /// decoding failure.
+///
+/// Text is `Cow<str>` borrowed from the record's bytes: it is copied only
+/// where a JSON escape forces it, so decoding an order allocates its
+/// vectors, not each of its dozens of strings (see docs/benchmarks.md).
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
-pub struct Line {
-    pub sku: String,
+pub struct Line<'a> {
+    #[serde(borrow)]
+    pub sku: Cow<'a, str>,
     pub quantity: i64,
     pub unit_price_minor: i64,
-    pub ship_to: String,
+    #[serde(borrow)]
+    pub ship_to: Cow<'a, str>,
 }
 
 /// A shipping address. Text is carried unchanged into fulfillment events.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
-pub struct Address {
-    pub name: String,
-    pub line1: String,
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub line2: Option<String>,
-    pub city: String,
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub region: Option<String>,
-    pub postal_code: String,
-    pub country: String,
+pub struct Address<'a> {
+    #[serde(borrow)]
+    pub name: Cow<'a, str>,
+    #[serde(borrow)]
+    pub line1: Cow<'a, str>,
+    #[serde(
+        default,
+        borrow,
+        deserialize_with = "borrow::option",
+        skip_serializing_if = "Option::is_none"
+    )]
+    pub line2: Option<Cow<'a, str>>,
+    #[serde(borrow)]
+    pub city: Cow<'a, str>,
+    #[serde(
+        default,
+        borrow,
+        deserialize_with = "borrow::option",
+        skip_serializing_if = "Option::is_none"
+    )]
+    pub region: Option<Cow<'a, str>>,
+    #[serde(borrow)]
+    pub postal_code: Cow<'a, str>,
+    #[serde(borrow)]
+    pub country: Cow<'a, str>,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
-pub struct Payment {
-    pub method: String,
+pub struct Payment<'a> {
+    #[serde(borrow)]
+    pub method: Cow<'a, str>,
     pub amount_minor: i64,
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub authorization_id: Option<String>,
+    #[serde(
+        default,
+        borrow,
+        deserialize_with = "borrow::option",
+        skip_serializing_if = "Option::is_none"
+    )]
+    pub authorization_id: Option<Cow<'a, str>>,
 }
+
+/// Address book of an order, keyed by the name lines refer to in `ship_to`.
+/// Sorted, so shipments come out in a deterministic order.
+pub type Addresses<'a> = BTreeMap<Cow<'a, str>, Address<'a>>;
 
 /// An `order_placed` event after decoding. Required fields of the contract
 /// are `Option` here so that a missing field is an `invalid_order` rejection
 /// naming the field rather than a dead-lettered record.
-#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
-pub struct OrderPlaced {
-    pub order_id: String,
-    pub customer_id: Option<String>,
-    pub placed_at: Option<String>,
-    pub currency: Option<String>,
-    pub lines: Option<Vec<Line>>,
-    /// Keyed by the name lines refer to in `ship_to`. Sorted, so shipments
-    /// come out in a deterministic order.
-    pub addresses: Option<BTreeMap<String, Address>>,
-    pub payments: Option<Vec<Payment>>,
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize)]
+pub struct OrderPlaced<'a> {
+    pub order_id: Cow<'a, str>,
+    pub customer_id: Option<Cow<'a, str>>,
+    pub placed_at: Option<Cow<'a, str>>,
+    pub currency: Option<Cow<'a, str>>,
+    pub lines: Option<Vec<Line<'a>>>,
+    pub addresses: Option<Addresses<'a>>,
+    pub payments: Option<Vec<Payment<'a>>>,
 }
 
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
-pub struct OrderCancelled {
-    pub order_id: String,
-    #[serde(default)]
-    pub cancelled_at: Option<String>,
-    #[serde(default)]
-    pub reason: Option<String>,
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct OrderCancelled<'a> {
+    pub order_id: Cow<'a, str>,
+    pub cancelled_at: Option<Cow<'a, str>>,
+    pub reason: Option<Cow<'a, str>>,
 }
 
-/// Every event of the `orders` topic.
+/// Every event of the `orders` topic, borrowing from the record's bytes.
 #[derive(Debug, Clone, PartialEq, Eq)]
-pub enum OrderEvent {
-    Placed(OrderPlaced),
-    Cancelled(OrderCancelled),
+pub enum OrderEvent<'a> {
+    Placed(OrderPlaced<'a>),
+    Cancelled(OrderCancelled<'a>),
 }
 
-impl OrderEvent {
+impl OrderEvent<'_> {
     pub fn order_id(&self) -> &str {
         match self {
             OrderEvent::Placed(p) => &p.order_id,
             OrderEvent::Cancelled(c) => &c.order_id,
         }
+    }
+}
+
+/// Deserializers that borrow text from the input where serde's own impls
+/// for `Option<Cow<str>>` and map keys would always copy it.
+pub(crate) mod borrow {
+    use super::{Address, Addresses};
+    use serde::de::{Deserializer, MapAccess, Visitor};
+    use serde::Deserialize;
+    use std::borrow::Cow;
+    use std::fmt;
+
+    /// A `Cow<str>` that borrows when the JSON string has no escapes.
+    #[derive(Deserialize)]
+    struct Text<'a>(#[serde(borrow)] Cow<'a, str>);
+
+    pub fn option<'de: 'a, 'a, D: Deserializer<'de>>(
+        deserializer: D,
+    ) -> Result<Option<Cow<'a, str>>, D::Error> {
+        Ok(Option::<Text<'a>>::deserialize(deserializer)?.map(|t| t.0))
+    }
+
+    pub fn addresses<'de: 'a, 'a, D: Deserializer<'de>>(
+        deserializer: D,
+    ) -> Result<Option<Addresses<'a>>, D::Error> {
+        struct Map<'a>(Addresses<'a>);
+        impl<'de: 'a, 'a> Deserialize<'de> for Map<'a> {
+            fn deserialize<D: Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
+                struct MapVisitor<'a>(std::marker::PhantomData<&'a ()>);
+                impl<'de: 'a, 'a> Visitor<'de> for MapVisitor<'a> {
+                    type Value = Addresses<'a>;
+                    fn expecting(&self, f: &mut fmt::Formatter) -> fmt::Result {
+                        f.write_str("a map of addresses")
+                    }
+                    fn visit_map<M: MapAccess<'de>>(
+                        self,
+                        mut map: M,
+                    ) -> Result<Self::Value, M::Error> {
+                        let mut addresses = Addresses::new();
+                        while let Some((key, value)) = map.next_entry::<Text<'a>, Address<'a>>()? {
+                            addresses.insert(key.0, value);
+                        }
+                        Ok(addresses)
+                    }
+                }
+                deserializer
+                    .deserialize_map(MapVisitor(std::marker::PhantomData))
+                    .map(Map)
+            }
+        }
+        Ok(Option::<Map<'a>>::deserialize(deserializer)?.map(|m| m.0))
     }
 }
 
