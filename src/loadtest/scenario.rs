@@ -487,32 +487,19 @@ impl Scenario {
                 message,
             })
         };
-        if self.mix.max_lines > limits.max_lines {
-            fail(
-                "mix.max_lines",
-                format!(
-                    "is {} but the processor's limits.max_lines is {}",
-                    self.mix.max_lines, limits.max_lines
-                ),
-            );
-        }
-        if self.mix.max_addresses > limits.max_addresses {
-            fail(
-                "mix.max_addresses",
-                format!(
-                    "is {} but the processor's limits.max_addresses is {}",
-                    self.mix.max_addresses, limits.max_addresses
-                ),
-            );
-        }
-        if self.mix.max_payments > limits.max_payments {
-            fail(
-                "mix.max_payments",
-                format!(
-                    "is {} but the processor's limits.max_payments is {}",
-                    self.mix.max_payments, limits.max_payments
-                ),
-            );
+        for (field, ours, limit) in [
+            ("max_lines", self.mix.max_lines, limits.max_lines),
+            (
+                "max_addresses",
+                self.mix.max_addresses,
+                limits.max_addresses,
+            ),
+            ("max_payments", self.mix.max_payments, limits.max_payments),
+        ] {
+            if ours > limit {
+                let message = format!("is {ours} but the processor's limits.{field} is {limit}");
+                fail(&format!("mix.{field}"), message);
+            }
         }
         if i64::from(self.catalog.hot_max_per_customer) >= limits.max_quantity {
             fail(
