@@ -23,6 +23,7 @@ use serde::{Deserialize, Serialize};
 use std::borrow::Borrow;
 use std::collections::{BTreeMap, HashMap};
 use std::hash::{Hash, Hasher};
+use std::sync::atomic::{AtomicI64, Ordering};
 use std::sync::OnceLock;
 
 /// Most SKUs one process holds (2^26, about 67 million). A `stock_set` for
@@ -298,11 +299,6 @@ impl Cells {
         *len += 1;
         Some(index as u32)
     }
-
-    fn iter(&self) -> impl Iterator<Item = &Mutex<Sku>> {
-        let len = *self.len.lock();
-        (0..len as u32).map(|i| self.get(i))
-    }
 }
 
 #[derive(Debug, Default)]
@@ -310,6 +306,21 @@ pub struct Inventory {
     /// SKU name → its cell in `cells`.
     index: DashMap<SkuKey, u32>,
     cells: Cells,
+    /// Units sold beyond stock, summed over SKUs. Kept current where stock
+    /// or reserved units change outside a checked reservation (inventory
+    /// events, restore, release), so reading it never scans every SKU.
+    oversold: AtomicI64,
+}
+
+/// Runs `change` on a SKU and adds the change in its oversold units to
+/// `total`.
+fn tracking_oversold(total: &AtomicI64, sku: &mut Sku, change: impl FnOnce(&mut Sku)) {
+    let before = (sku.reserved - sku.stock).max(0);
+    change(sku);
+    let after = (sku.reserved - sku.stock).max(0);
+    if after != before {
+        total.fetch_add(after - before, Ordering::Relaxed);
+    }
 }
 
 impl Inventory {
@@ -348,7 +359,7 @@ impl Inventory {
             return;
         };
         let mut sku = cell.lock();
-        match event {
+        tracking_oversold(&self.oversold, &mut sku, |sku| match event {
             InventoryEvent::StockSet {
                 available,
                 prices,
@@ -362,7 +373,7 @@ impl Inventory {
             InventoryEvent::StockAdjusted { delta, .. } => {
                 sku.stock = sku.stock.saturating_add(*delta);
             }
-        }
+        });
     }
 
     /// Each SKU's cell in the order of `order.demand`, or `unknown_sku`.
@@ -471,7 +482,9 @@ impl Inventory {
                 continue;
             };
             let mut state = cell.lock();
-            state.reserved += i64::from(*units);
+            tracking_oversold(&self.oversold, &mut state, |state| {
+                state.reserved += i64::from(*units);
+            });
             if state.max_per_customer.is_some() {
                 state.hold(&holding.customer_id, *units);
             }
@@ -491,7 +504,9 @@ impl Inventory {
                 state.reserved >= i64::from(*units),
                 "released more than reserved"
             );
-            state.reserved -= i64::from(*units);
+            tracking_oversold(&self.oversold, &mut state, |state| {
+                state.reserved -= i64::from(*units);
+            });
             if let Some(per_customer) = state.per_customer.as_mut() {
                 if let Some(held) = per_customer.get_mut(customer_id) {
                     *held = held.saturating_sub(*units);
@@ -514,13 +529,7 @@ impl Inventory {
 
     /// Units sold beyond stock over all SKUs; must stay 0.
     pub fn oversold_units(&self) -> i64 {
-        self.cells
-            .iter()
-            .map(|cell| {
-                let sku = cell.lock();
-                (sku.reserved - sku.stock).max(0)
-            })
-            .sum()
+        self.oversold.load(Ordering::Relaxed)
     }
 }
 

@@ -98,4 +98,23 @@ fn stock_set_again_keeps_sales_counted() {
         1,
         "damage below sold units shows as oversold"
     );
+    let order = sample();
+    inventory.release(&order.customer_id, &order.demand);
+    assert_eq!(
+        inventory.oversold_units(),
+        0,
+        "a cancellation gives the units back"
+    );
+    inventory.restore(&crate::engine::Holding {
+        customer_id: "c-9".into(),
+        demand: vec![("SKU-1".into(), 4)],
+        shipments: vec!["home".into()],
+    });
+    assert_eq!(
+        inventory.oversold_units(),
+        2,
+        "restored sales count against stock (4 held, 2 in stock)"
+    );
+    announce(&inventory, "SKU-1", 10, None);
+    assert_eq!(inventory.oversold_units(), 0, "restocking covers them");
 }
