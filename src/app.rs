@@ -2,9 +2,11 @@
 //! together, and shuts them down in the order that loses nothing.
 
 use crate::config::{Config, LogConfig, MetricsConfig};
-use crate::engine::{Engine, OrderBook};
+use crate::engine::Engine;
 use crate::inventory::Inventory;
-use crate::kafka::source::{self, SourceContext, SourceShared};
+use crate::kafka::recovery::Recovery;
+use crate::kafka::source::{self, SourceContext, SourceSetup, SourceShared};
+use crate::kafka::StartError;
 use crate::kafka::{self, inventory_feed, sink::Sink, tracker::OffsetTracker, worker::Shard};
 pub use crate::shutdown::Shutdown;
 use crate::telemetry;
@@ -12,7 +14,6 @@ pub use crate::telemetry::Readiness;
 use anyhow::Context;
 use metrics_exporter_prometheus::PrometheusHandle;
 use rdkafka::consumer::{BaseConsumer, Consumer};
-use std::collections::HashMap;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -96,22 +97,8 @@ pub fn run_with_readiness(
     let inventory = Arc::new(Inventory::new());
     let feed = inventory_feed::start(&config, inventory.clone(), sink.clone(), shutdown.clone())
         .context("reading the inventory topic")?;
-    let mut books = kafka::recovery::restore(&config, &inventory, &shutdown)
-        .context("restoring state from the status topic")?;
     let engine = Arc::new(Engine::new(inventory.clone(), config.limits.clone()));
-
-    let shared = Arc::new(SourceShared::new(
-        config.topics.orders.clone(),
-        tracker.clone(),
-        Duration::from_millis(config.engine.shutdown_timeout_ms),
-    ));
-    let consumer: BaseConsumer<SourceContext> =
-        kafka::consumer_config(&config.kafka, &config.kafka.group_id)
-            .create_with_context(SourceContext { shared })
-            .context("creating the orders consumer")?;
-    consumer
-        .subscribe(&[&config.topics.orders])
-        .context("subscribing to the orders topic")?;
+    let recovery = recovery(&config, inventory.clone())?;
 
     let mut queues = Vec::new();
     let mut shards = Vec::new();
@@ -123,16 +110,35 @@ pub fn run_with_readiness(
             sink: sink.clone(),
             tracker: tracker.clone(),
             topics: config.topics.clone(),
-            dedup_window_orders: config.engine.dedup_window_orders,
         };
-        let shard_count = config.engine.shards;
-        let restored: HashMap<i32, OrderBook> = books
-            .extract_if(|partition, _| *partition as usize % shard_count == id)
-            .collect();
         queues.push(tx);
         let thread = std::thread::Builder::new().name(format!("shard-{id}"));
-        shards.push(thread.spawn(move || shard.run(rx, restored))?);
+        shards.push(thread.spawn(move || shard.run(rx))?);
     }
+
+    let (recovery, partitions) = recovery;
+    let shared = Arc::new(SourceShared::new(
+        tracker.clone(),
+        SourceSetup {
+            topic: config.topics.orders.clone(),
+            drain_timeout: Duration::from_millis(config.engine.shutdown_timeout_ms),
+            shards: queues,
+            recovery,
+            partitions,
+            whole: !config.engine.split_by_partition(),
+            readiness: readiness.clone(),
+            shutdown: shutdown.clone(),
+        },
+    ));
+    let consumer: BaseConsumer<SourceContext> =
+        kafka::consumer_config(&config.kafka, &config.kafka.group_id)
+            .create_with_context(SourceContext {
+                shared: shared.clone(),
+            })
+            .context("creating the orders consumer")?;
+    consumer
+        .subscribe(&[&config.topics.orders])
+        .context("subscribing to the orders topic")?;
     readiness.set_ready();
     let gauges = spawn_gauges(
         inventory,
@@ -144,7 +150,6 @@ pub fn run_with_readiness(
 
     source::run(
         &consumer,
-        &queues,
         &shutdown,
         Duration::from_millis(config.engine.commit_interval_ms),
     );
@@ -152,7 +157,7 @@ pub fn run_with_readiness(
     // Shutdown: no new records; shards finish their queues; outputs are
     // flushed; only then are the offsets of delivered work committed.
     shutdown.trigger();
-    drop(queues);
+    shared.close();
     for shard in shards {
         let _ = shard.join();
     }
@@ -174,6 +179,34 @@ pub fn run_with_readiness(
     let _ = gauges.join();
     tracing::info!("stopped");
     Ok(())
+}
+
+/// The restorer of partition state, and the partition count of `orders`,
+/// after checking the status topic can hold each orders partition's
+/// changelog.
+fn recovery(config: &Config, inventory: Arc<Inventory>) -> anyhow::Result<(Recovery, usize)> {
+    let recovery = Recovery::new(config, inventory).context("creating the status reader")?;
+    let orders = recovery
+        .partition_count(&config.topics.orders)
+        .context("reading the orders topic's metadata")?;
+    let status = recovery
+        .partition_count(&config.topics.status)
+        .context("reading the status topic's metadata")?;
+    if status < orders {
+        return Err(StartError::StatusPartitions {
+            status: config.topics.status.clone(),
+            status_partitions: status,
+            orders: config.topics.orders.clone(),
+            orders_partitions: orders,
+        }
+        .into());
+    }
+    let recovery = if config.engine.split_by_partition() {
+        recovery.with_quotas(orders as u32)
+    } else {
+        recovery
+    };
+    Ok((recovery, orders))
 }
 
 fn spawn_gauges(

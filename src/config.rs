@@ -67,6 +67,17 @@ pub struct EngineConfig {
     pub dedup_window_orders: usize,
     pub commit_interval_ms: u64,
     pub shutdown_timeout_ms: u64,
+    /// "whole": this instance sells every SKU's whole stock, and decides
+    /// only while it owns every partition of `orders`. "partition": each
+    /// partition sells its quota, so instances can share a sale.
+    pub stock_split: String,
+}
+
+impl EngineConfig {
+    /// Whether each partition sells only its quota of a SKU's stock.
+    pub fn split_by_partition(&self) -> bool {
+        self.stock_split == "partition"
+    }
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -456,6 +467,11 @@ impl Config {
             self.engine.dedup_window_orders >= 1,
             "engine.dedup_window_orders",
             "must be at least 1",
+        );
+        check(
+            ["whole", "partition"].contains(&self.engine.stock_split.as_str()),
+            "engine.stock_split",
+            "must be \"whole\" (one instance) or \"partition\" (instances share a sale)",
         );
         check(
             self.engine.commit_interval_ms >= 1,

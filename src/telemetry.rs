@@ -546,8 +546,16 @@ impl Readiness {
     }
 
     pub fn set_ready(&self) {
-        self.ready.store(true, Ordering::Release);
-        tracing::info!("ready: inventory read to its end, consuming orders");
+        if !self.ready.swap(true, Ordering::AcqRel) {
+            tracing::info!("ready: inventory read to its end, consuming orders");
+        }
+    }
+
+    /// Not ready until [`Readiness::set_ready`] again, for `why`.
+    pub fn set_not_ready(&self, why: &str) {
+        if self.ready.swap(false, Ordering::AcqRel) {
+            tracing::warn!(why, "not ready");
+        }
     }
 
     pub fn is_ready(&self) -> bool {

@@ -2,6 +2,7 @@
 //! each accepted order holds, so duplicates get no second status and a
 //! cancellation gives back exactly what was taken, once.
 
+use crate::inventory::{Quota, Share};
 use serde::{Deserialize, Serialize};
 use std::collections::{HashMap, VecDeque};
 
@@ -51,6 +52,12 @@ pub struct OrderBook {
     arrival: VecDeque<String>,
     capacity: usize,
     evicted: u64,
+    /// Set when the partition sells only its quota of each SKU (instances
+    /// sharing a sale); `None` when this process sells the whole stock.
+    quota: Option<Quota>,
+    /// With a quota: units of each SKU held by the partition's accepted,
+    /// uncancelled orders, including orders the window has forgotten.
+    sold: HashMap<String, i64>,
 }
 
 impl OrderBook {
@@ -61,7 +68,66 @@ impl OrderBook {
             arrival: VecDeque::new(),
             capacity,
             evicted: 0,
+            quota: None,
+            sold: HashMap::new(),
         }
+    }
+
+    /// A book for a partition that sells only its quota of each SKU.
+    pub fn with_quota(capacity: usize, quota: Quota) -> Self {
+        OrderBook {
+            quota: Some(quota),
+            ..OrderBook::new(capacity)
+        }
+    }
+
+    /// How much stock this partition's orders may take.
+    pub fn share(&self) -> Share<'_> {
+        match self.quota {
+            None => Share::Whole,
+            Some(quota) => Share::Partition {
+                quota,
+                sold: &self.sold,
+            },
+        }
+    }
+
+    /// Counts units an accepted order took (only needed with a quota).
+    pub fn took(&mut self, demand: &[(String, u32)]) {
+        if self.quota.is_none() {
+            return;
+        }
+        for (sku, units) in demand {
+            match self.sold.get_mut(sku.as_str()) {
+                Some(sold) => *sold += i64::from(*units),
+                None => {
+                    self.sold.insert(sku.clone(), i64::from(*units));
+                }
+            }
+        }
+    }
+
+    /// Counts units a cancelled order gave back.
+    pub fn gave_back(&mut self, demand: &[(String, u32)]) {
+        for (sku, units) in demand {
+            if let Some(sold) = self.sold.get_mut(sku.as_str()) {
+                debug_assert!(*sold >= i64::from(*units), "gave back more than sold");
+                *sold -= i64::from(*units);
+            }
+        }
+    }
+
+    /// Units held per SKU with a quota (empty without one).
+    pub fn sold(&self) -> &HashMap<String, i64> {
+        &self.sold
+    }
+
+    /// Holdings of the accepted, uncancelled orders the window remembers.
+    pub fn accepted(&self) -> impl Iterator<Item = &Holding> {
+        self.orders
+            .values()
+            .filter(|record| record.state == OrderState::Accepted)
+            .filter_map(|record| record.holding.as_ref())
     }
 
     pub fn get(&self, order_id: &str) -> Option<&OrderRecord> {

@@ -156,7 +156,7 @@ impl Engine {
         let order_id = &*valid.order_id;
         let latency = (now - valid.placed_at).try_into().ok();
         let payments = || check_payments(&valid, &self.limits);
-        if let Err(rejection) = self.inventory.reserve(&valid, payments) {
+        if let Err(rejection) = self.inventory.reserve(&valid, book.share(), payments) {
             self.reject(book, offset, order_id, &rejection, now, out);
             return Processed {
                 outcome: Outcome::Rejected(rejection.reason),
@@ -173,6 +173,7 @@ impl Engine {
                 demand: valid.demand.clone(),
             }),
         };
+        book.took(&valid.demand);
         push_status(out, order_id, Status::Accepted, None, now, record.clone());
         push_requested(out, &valid);
         book.insert(order_id.to_string(), record);
@@ -232,6 +233,7 @@ impl Engine {
                     placed_offset: seen.placed_offset,
                     holding: Some(holding.clone()),
                 };
+                book.gave_back(&holding.demand);
                 push_status(out, order_id, Status::Cancelled, None, now, record.clone());
                 book.insert(order_id.to_string(), record);
                 Outcome::Cancelled
@@ -245,6 +247,29 @@ impl Engine {
             push_fulfillment(out, order_id, &events::cancelled(order_id, key));
         }
         Processed::new(outcome)
+    }
+}
+
+/// Gives back to the inventory what a partition's orders hold, when the
+/// partition moves to another instance: its new owner restores them
+/// from the changelog. With a quota the units come from the book's
+/// totals, exact even for orders the window forgot; per-customer
+/// holdings only for orders the window remembers (a forgotten order's
+/// holding stays counted here: stricter, never looser).
+pub fn forget(inventory: &Inventory, book: &OrderBook) {
+    let mut rest = book.sold().clone();
+    for holding in book.accepted() {
+        inventory.release(&holding.customer_id, &holding.demand);
+        for (sku, units) in &holding.demand {
+            if let Some(left) = rest.get_mut(sku) {
+                *left -= i64::from(*units);
+            }
+        }
+    }
+    for (sku, units) in rest {
+        if units > 0 {
+            inventory.release_units(&sku, units);
+        }
     }
 }
 

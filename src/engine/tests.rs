@@ -454,3 +454,196 @@ proptest! {
         prop_assert_eq!(decisions.len(), model.orders.len(), "every placed order got one decision");
     }
 }
+
+/// Instances sharing a sale: each has its own inventory, partitions sell
+/// their quotas, and partitions move between instances (the old owner
+/// forgets, the new one restores from the partition's changelog).
+mod shared_sale {
+    use super::*;
+    use crate::inventory::Quota;
+    use crate::state::{ChangelogEntry, Restorer};
+
+    const PARTITIONS: u32 = 4;
+    const INSTANCES: usize = 3;
+    const SKUS: [&str; 2] = ["HOT", "B"];
+    const WINDOW: usize = 8;
+
+    #[derive(Debug, Clone)]
+    enum Op {
+        Place {
+            order: usize,
+            lines: Vec<(usize, i64)>,
+        },
+        Cancel {
+            order: usize,
+        },
+        Move {
+            partition: u32,
+            to: usize,
+        },
+    }
+
+    fn op() -> impl Strategy<Value = Op> {
+        prop_oneof![
+            6 => (0..60usize, prop::collection::vec((0..2usize, 1..4i64), 1..3))
+                .prop_map(|(order, lines)| Op::Place { order, lines }),
+            1 => (0..60usize).prop_map(|order| Op::Cancel { order }),
+            1 => (0..PARTITIONS, 0..INSTANCES).prop_map(|(partition, to)| Op::Move { partition, to }),
+        ]
+    }
+
+    struct Sale {
+        engines: Vec<Engine>,
+        /// Owner instance and book of each partition.
+        owners: Vec<(usize, OrderBook)>,
+        /// Every status's changelog entry, per partition, in order.
+        changelog: Vec<Vec<(String, ChangelogEntry)>>,
+        next_offset: i64,
+    }
+
+    impl Sale {
+        fn new(stock: &[i64]) -> Sale {
+            let engines: Vec<Engine> = (0..INSTANCES)
+                .map(|_| {
+                    let stocks: Vec<_> = SKUS
+                        .iter()
+                        .zip(stock)
+                        .map(|(s, u)| (*s, *u, None))
+                        .collect();
+                    engine_with(&stocks)
+                })
+                .collect();
+            let owners = (0..PARTITIONS)
+                .map(|p| {
+                    let quota = Quota {
+                        partition: p,
+                        partitions: PARTITIONS,
+                    };
+                    (p as usize % INSTANCES, OrderBook::with_quota(WINDOW, quota))
+                })
+                .collect();
+            Sale {
+                engines,
+                owners,
+                changelog: vec![Vec::new(); PARTITIONS as usize],
+                next_offset: 0,
+            }
+        }
+
+        fn send(&mut self, partition: usize, id: &str, value: &[u8]) -> Outcome {
+            let (owner, book) = &mut self.owners[partition];
+            let offset = self.next_offset;
+            self.next_offset += 1;
+            let (outcome, out) = run_at(&self.engines[*owner], book, offset, id, value);
+            for output in out {
+                if let Output::Status {
+                    order_id, record, ..
+                } = output
+                {
+                    let entry = ChangelogEntry {
+                        partition: partition as i32,
+                        record,
+                    };
+                    self.changelog[partition].push((order_id, entry));
+                }
+            }
+            outcome
+        }
+
+        fn move_partition(&mut self, partition: u32, to: usize) {
+            let p = partition as usize;
+            let (from, book) = &self.owners[p];
+            forget(self.engines[*from].inventory(), book);
+            let inventory = self.engines[to].inventory();
+            let mut restorer = Restorer::new(inventory, WINDOW, Some(PARTITIONS));
+            for (id, entry) in &self.changelog[p] {
+                restorer.apply(id, entry.clone());
+            }
+            let book = restorer
+                .finish(&[partition as i32])
+                .remove(&(partition as i32))
+                .unwrap();
+            self.owners[p] = (to, book);
+        }
+
+        /// Units of each SKU held by accepted, uncancelled orders, from the
+        /// changelog (what the outside world was told).
+        fn sold(&self) -> [i64; 2] {
+            let mut last: HashMap<&str, &ChangelogEntry> = HashMap::new();
+            for (id, entry) in self.changelog.iter().flatten() {
+                last.insert(id, entry);
+            }
+            let mut sold = [0; 2];
+            for entry in last
+                .values()
+                .filter(|e| e.record.state == OrderState::Accepted)
+            {
+                for (sku, units) in &entry.record.holding.as_ref().unwrap().demand {
+                    sold[SKUS.iter().position(|s| s == sku).unwrap()] += i64::from(*units);
+                }
+            }
+            sold
+        }
+    }
+
+    proptest! {
+        #![proptest_config(ProptestConfig::with_cases(256))]
+
+        #[test]
+        fn never_oversold_and_each_instance_holds_what_its_partitions_sold(
+            stock in prop::collection::vec(0..20i64, 2),
+            ops in prop::collection::vec(op(), 1..150),
+        ) {
+            let mut sale = Sale::new(&stock);
+            let mut decided: HashMap<String, Outcome> = HashMap::new();
+            for op in &ops {
+                match op {
+                    Op::Place { order, lines } => {
+                        let id = format!("o-{order}");
+                        let named: Vec<(&str, i64)> = lines.iter().map(|(s, q)| (SKUS[*s], *q)).collect();
+                        let outcome = sale.send(order % PARTITIONS as usize, &id, &order_json(&id, "c", &named));
+                        if matches!(outcome, Outcome::Accepted | Outcome::Rejected(_)) {
+                            // The window forgets; an order forgotten may be decided again.
+                            prop_assert!(!decided.contains_key(&id) || WINDOW < 60, "decided twice: {}", id);
+                            decided.insert(id, outcome);
+                        }
+                    }
+                    Op::Cancel { order } => {
+                        let id = format!("o-{order}");
+                        sale.send(order % PARTITIONS as usize, &id, &cancel_json(&id));
+                    }
+                    Op::Move { partition, to } => sale.move_partition(*partition, *to),
+                }
+                let sold = sale.sold();
+                for (i, sku) in SKUS.iter().enumerate() {
+                    prop_assert!(sold[i] <= stock[i], "{} sold {} of {}", sku, sold[i], stock[i]);
+                    for (instance, engine) in sale.engines.iter().enumerate() {
+                        let held: i64 = sale.owners.iter()
+                            .filter(|(owner, _)| *owner == instance)
+                            .map(|(_, book)| book.sold().get(*sku).copied().unwrap_or(0))
+                            .sum();
+                        let state = engine.inventory().get(sku).unwrap();
+                        prop_assert_eq!(state.reserved, held, "instance {} {}", instance, sku);
+                    }
+                }
+            }
+        }
+    }
+
+    #[test]
+    fn all_stock_sells_when_every_partition_has_demand() {
+        for stock in [0, 1, 3, 4, 7, 40] {
+            let mut sale = Sale::new(&[stock, 0]);
+            sale.move_partition(1, 0); // owners 0, 0, 2, 0
+            for order in 0..200 {
+                let id = format!("o-{order}");
+                sale.send(
+                    order % PARTITIONS as usize,
+                    &id,
+                    &order_json(&id, "c", &[("HOT", 1)]),
+                );
+            }
+            assert_eq!(sale.sold()[0], stock, "stock {stock}");
+        }
+    }
+}

@@ -39,6 +39,51 @@ const INLINE_KEY_BYTES: usize = 22;
 /// keep their prices inside the SKU's cell.
 const INLINE_PRICES: usize = 3;
 
+/// Which part of a SKU's stock a reservation may take.
+///
+/// One instance that owns every partition of `orders` sells the whole stock.
+/// Several instances sharing a sale each own some partitions, and each
+/// partition may sell only its quota of every SKU (see [`partition_quota`]),
+/// so the quotas of all partitions add up to the stock and no two instances
+/// can sell the same unit, without any coordination between them.
+#[derive(Debug, Clone, Copy)]
+pub enum Share<'a> {
+    Whole,
+    Partition {
+        quota: Quota,
+        /// Units of each SKU the partition holds now (accepted, not cancelled).
+        sold: &'a HashMap<String, i64>,
+    },
+}
+
+/// A partition's place among the partitions of `orders`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Quota {
+    pub partition: u32,
+    pub partitions: u32,
+}
+
+/// Units of `stock` that `partition` of `partitions` may sell: an equal
+/// share, and one more unit for `stock % partitions` of the partitions,
+/// chosen from a hash of the SKU so that small stocks are not all sold by
+/// partition 0. Every instance computes the same quotas (the hash is
+/// FNV-1a, fixed here, not the process's random hasher), and the quotas of
+/// all partitions add up to the stock.
+pub fn partition_quota(stock: i64, sku: &str, quota: Quota) -> i64 {
+    let partitions = i64::from(quota.partitions.max(1));
+    let stock = stock.max(0);
+    let first_extra = (fnv1a(sku.as_bytes()) % partitions as u64) as i64;
+    let rank = (i64::from(quota.partition) - first_extra).rem_euclid(partitions);
+    stock / partitions + i64::from(rank < stock % partitions)
+}
+
+/// 64-bit FNV-1a: stable across builds and processes.
+fn fnv1a(bytes: &[u8]) -> u64 {
+    bytes.iter().fold(0xcbf2_9ce4_8422_2325, |hash, byte| {
+        (hash ^ u64::from(*byte)).wrapping_mul(0x0100_0000_01b3)
+    })
+}
+
 /// A copy of one SKU's state, as [`Inventory::get`] returns it.
 #[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
 pub struct SkuState {
@@ -402,9 +447,13 @@ impl Inventory {
     /// decision: prices are read under the same locks as the stock, and a hot
     /// SKU's mutex is taken once per order, not once for prices and again
     /// for the reservation (half the lock traffic where shards contend).
+    ///
+    /// `share` says how much of each SKU's stock the order's partition may
+    /// take: all of it, or the partition's quota less what it sold.
     pub fn reserve(
         &self,
         order: &ValidOrder<'_>,
+        share: Share<'_>,
         between: impl FnOnce() -> Result<(), Rejection>,
     ) -> Result<(), Rejection> {
         let cells = self.cells(order)?;
@@ -450,13 +499,18 @@ impl Inventory {
             }
         }
         for ((sku, units), state) in order.demand.iter().zip(&guards) {
-            if state.available() < i64::from(*units) {
+            let available = match share {
+                Share::Whole => state.available(),
+                Share::Partition { quota, sold } => {
+                    let left = partition_quota(state.stock, sku, quota)
+                        - sold.get(sku.as_str()).copied().unwrap_or(0);
+                    left.clamp(0, state.available())
+                }
+            };
+            if available < i64::from(*units) {
                 return Err(Rejection::new(
                     Reason::OutOfStock,
-                    format!(
-                        "{sku}: {units} units wanted, {} available",
-                        state.available()
-                    ),
+                    format!("{sku}: {units} units wanted, {available} available"),
                 ));
             }
         }
@@ -516,6 +570,18 @@ impl Inventory {
                 }
             }
         }
+    }
+
+    /// Gives back units of a SKU without a customer: what a partition this
+    /// process no longer owns held in orders its book has already forgotten.
+    pub fn release_units(&self, sku: &str, units: i64) {
+        let Some(cell) = self.cell(sku) else {
+            return;
+        };
+        let mut state = cell.lock();
+        tracking_oversold(&self.oversold, &mut state, |state| {
+            state.reserved -= units.min(state.reserved);
+        });
     }
 
     /// A copy of one SKU's state.

@@ -24,12 +24,18 @@ fn unknown_sku_then_price() {
     let inventory = Inventory::new();
     announce(&inventory, "SKU-1", 10, None);
     assert_eq!(
-        inventory.reserve(&sample(), ok).unwrap_err().reason,
+        inventory
+            .reserve(&sample(), Share::Whole, ok)
+            .unwrap_err()
+            .reason,
         Reason::UnknownSku
     );
     announce(&inventory, "SKU-9", 10, None);
     assert_eq!(
-        inventory.reserve(&sample(), ok).unwrap_err().reason,
+        inventory
+            .reserve(&sample(), Share::Whole, ok)
+            .unwrap_err()
+            .reason,
         Reason::PriceMismatch,
         "SKU-9 costs 1999"
     );
@@ -46,10 +52,10 @@ fn reserve_release_and_limits() {
         max_per_customer: None,
     });
     let order = sample();
-    inventory.reserve(&order, ok).unwrap();
+    inventory.reserve(&order, Share::Whole, ok).unwrap();
     assert_eq!(inventory.get("SKU-1").unwrap().available(), 1);
     assert_eq!(inventory.get("SKU-1").unwrap().per_customer["c-1"], 3);
-    let again = inventory.reserve(&order, ok).unwrap_err();
+    let again = inventory.reserve(&order, Share::Whole, ok).unwrap_err();
     assert_eq!(
         again.reason,
         Reason::CustomerLimitExceeded,
@@ -67,7 +73,10 @@ fn payment_check_runs_between_price_and_stock() {
     announce(&inventory, "SKU-1", 0, None);
     let mismatch = || Err(Rejection::new(Reason::PaymentMismatch, "x"));
     assert_eq!(
-        inventory.reserve(&sample(), mismatch).unwrap_err().reason,
+        inventory
+            .reserve(&sample(), Share::Whole, mismatch)
+            .unwrap_err()
+            .reason,
         Reason::UnknownSku
     );
 }
@@ -82,7 +91,7 @@ fn stock_set_again_keeps_sales_counted() {
         prices: BTreeMap::from([("EUR".to_string(), 500)]),
         max_per_customer: None,
     });
-    inventory.reserve(&sample(), ok).unwrap();
+    inventory.reserve(&sample(), Share::Whole, ok).unwrap();
     announce(&inventory, "SKU-1", 3, None);
     assert_eq!(
         inventory.get("SKU-1").unwrap().available(),
@@ -117,4 +126,76 @@ fn stock_set_again_keeps_sales_counted() {
     );
     announce(&inventory, "SKU-1", 10, None);
     assert_eq!(inventory.oversold_units(), 0, "restocking covers them");
+}
+
+#[test]
+fn partition_quotas_add_up_to_the_stock_and_spread_the_remainder() {
+    let mut first_extra = std::collections::HashSet::new();
+    for sku in ["A", "SKU-1", "SKU-2", "HOT", "b-99", "x"] {
+        for partitions in [1u32, 2, 3, 4, 12] {
+            for stock in [-5i64, 0, 1, 2, 11, 300, 1_000_003] {
+                let quotas: Vec<i64> = (0..partitions)
+                    .map(|partition| {
+                        partition_quota(
+                            stock,
+                            sku,
+                            Quota {
+                                partition,
+                                partitions,
+                            },
+                        )
+                    })
+                    .collect();
+                assert_eq!(
+                    quotas.iter().sum::<i64>(),
+                    stock.max(0),
+                    "{sku} {partitions} {stock}"
+                );
+                let (low, high) = (quotas.iter().min().unwrap(), quotas.iter().max().unwrap());
+                assert!(high - low <= 1, "{sku}: quotas {quotas:?}");
+            }
+        }
+        let quota = |partition| {
+            partition_quota(
+                1,
+                sku,
+                Quota {
+                    partition,
+                    partitions: 12,
+                },
+            )
+        };
+        first_extra.insert((0..12).find(|p| quota(*p) == 1).unwrap());
+    }
+    assert!(
+        first_extra.len() > 1,
+        "a single unit always goes to the same partition"
+    );
+}
+
+#[test]
+fn a_partition_sells_only_its_quota() {
+    let inventory = Inventory::new();
+    announce(&inventory, "SKU-1", 40, None);
+    inventory.apply(&InventoryEvent::StockSet {
+        sku: "SKU-9".into(),
+        available: 40,
+        prices: BTreeMap::from([("EUR".to_string(), 500)]),
+        max_per_customer: None,
+    });
+    let order = sample(); // wants 3 of SKU-1
+    let quota = Quota {
+        partition: 1,
+        partitions: 4,
+    };
+    assert_eq!(partition_quota(40, "SKU-1", quota), 10);
+    let mut sold = HashMap::from([("SKU-1".to_string(), 8)]);
+    let share = Share::Partition { quota, sold: &sold };
+    let rejection = inventory.reserve(&order, share, ok).unwrap_err();
+    assert_eq!(rejection.reason, Reason::OutOfStock);
+    assert_eq!(rejection.detail, "SKU-1: 3 units wanted, 2 available");
+    sold.insert("SKU-1".to_string(), 7);
+    let share = Share::Partition { quota, sold: &sold };
+    inventory.reserve(&order, share, ok).unwrap();
+    assert_eq!(inventory.get("SKU-1").unwrap().reserved, 3);
 }

@@ -15,17 +15,12 @@ const POLL_TIMEOUT: Duration = Duration::from_millis(100);
 /// How often catching up logs its progress.
 const PROGRESS_LOG_INTERVAL: Duration = Duration::from_secs(5);
 
-/// Assigns every partition of `topic` to `consumer` from the beginning and
-/// calls `apply` on each record until every partition reached its high
-/// watermark as of the start (or shutdown). Returns the records read.
-/// The consumer stays assigned, so a caller can go on reading new records.
-pub fn read_to_end<C: ConsumerContext>(
+/// The partition numbers of `topic`, or `TopicMissing`.
+pub fn partitions_of<C: ConsumerContext>(
     consumer: &BaseConsumer<C>,
     topic: &str,
     brokers: &str,
-    shutdown: &Shutdown,
-    mut apply: impl FnMut(&BorrowedMessage<'_>),
-) -> Result<u64, StartError> {
+) -> Result<Vec<i32>, StartError> {
     let metadata = consumer.fetch_metadata(Some(topic), METADATA_TIMEOUT)?;
     let partitions: Vec<i32> = metadata
         .topics()
@@ -39,6 +34,26 @@ pub fn read_to_end<C: ConsumerContext>(
             brokers: brokers.to_string(),
         });
     }
+    Ok(partitions)
+}
+
+/// Assigns `partitions` of `topic` (every partition if `None`) to
+/// `consumer` from the beginning and calls `apply` on each record until
+/// every one reached its high watermark as of the start (or shutdown).
+/// Returns the records read. The consumer stays assigned, so a caller can
+/// go on reading new records.
+pub fn read_to_end<C: ConsumerContext>(
+    consumer: &BaseConsumer<C>,
+    topic: &str,
+    partitions: Option<&[i32]>,
+    brokers: &str,
+    shutdown: &Shutdown,
+    mut apply: impl FnMut(&BorrowedMessage<'_>),
+) -> Result<u64, StartError> {
+    let partitions = match partitions {
+        Some(partitions) => partitions.to_vec(),
+        None => partitions_of(consumer, topic, brokers)?,
+    };
     let mut remaining: HashMap<i32, i64> = HashMap::new();
     let mut tpl = TopicPartitionList::new();
     for partition in &partitions {

@@ -69,6 +69,7 @@ pub fn start(
     read_to_end(
         &consumer,
         &feed.topic,
+        None,
         &config.kafka.brokers,
         &shutdown,
         |m| feed.apply(m),

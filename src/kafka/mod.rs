@@ -35,6 +35,17 @@ pub enum StartError {
         "topic {topic:?} does not exist on {brokers} (create it with explicit partition counts)"
     )]
     TopicMissing { topic: String, brokers: String },
+    #[error(
+        "topic {status:?} has {status_partitions} partitions, fewer than the {orders_partitions} \
+         of {orders:?}: each orders partition writes its statuses, its changelog, to the status \
+         partition with the same number (create {status:?} with {orders_partitions} partitions)"
+    )]
+    StatusPartitions {
+        status: String,
+        status_partitions: usize,
+        orders: String,
+        orders_partitions: usize,
+    },
     #[error("kafka client: {0}")]
     Kafka(#[from] rdkafka::error::KafkaError),
 }
@@ -56,6 +67,9 @@ pub fn consumer_config(kafka: &KafkaConfig, group_id: &str) -> ClientConfig {
         .set("group.id", group_id)
         .set("auto.offset.reset", &kafka.auto_offset_reset)
         .set("session.timeout.ms", kafka.session_timeout_ms.to_string())
+        // Moves only the partitions that change owner in a rebalance; the
+        // others keep deciding (each moved one is restored, see `recovery`).
+        .set("partition.assignment.strategy", "cooperative-sticky")
         .set("statistics.interval.ms", STATISTICS_INTERVAL_MS);
     for (key, value) in &kafka.consumer {
         config.set(key, value);

@@ -35,6 +35,8 @@ const QUEUE_FULL_WAIT: Duration = Duration::from_millis(1);
 #[derive(Debug, Clone)]
 pub struct Outgoing {
     pub topic: String,
+    /// `None`: the partitioner picks one from the key.
+    pub partition: Option<i32>,
     pub key: Option<Vec<u8>>,
     pub payload: Option<Vec<u8>>,
     pub headers: Option<OwnedHeaders>,
@@ -83,6 +85,9 @@ impl ProducerContext for SinkContext {
                 telemetry::kafka_error(error_kind(error), &error.to_string());
                 let again = Outgoing {
                     topic: message.topic().to_string(),
+                    // A status keeps the partition it was sent to; for the
+                    // others the key gives the same partition again.
+                    partition: (message.partition() >= 0).then_some(message.partition()),
                     key: message.key().map(<[u8]>::to_vec),
                     payload: message.payload().map(<[u8]>::to_vec),
                     headers: message.headers().map(|h| h.detach()),
@@ -198,6 +203,7 @@ impl Sink {
         };
         let record = Outgoing {
             topic: dlq_topic.to_string(),
+            partition: None,
             key: key.map(<[u8]>::to_vec),
             payload,
             headers: Some(owned_headers(&headers)),
@@ -233,6 +239,9 @@ fn send_until_queued(
     delivery: Box<Delivery>,
 ) {
     let mut base = BaseRecord::with_opaque_to(&record.topic, delivery);
+    if let Some(partition) = record.partition {
+        base = base.partition(partition);
+    }
     if let Some(key) = &record.key {
         base = base.key(key.as_slice());
     }

@@ -10,10 +10,19 @@
 //! stored offsets in the background. Before partitions are revoked in a
 //! rebalance, the consumer waits until what it dispatched for them is
 //! delivered and commits it, so the next owner starts where this one ended.
+//!
+//! When partitions are assigned, their state is restored from the status
+//! topic (see `recovery`) and handed to their shards before any of their
+//! records; when they are revoked, their shards give back what they held.
+//! With `engine.stock_split = "whole"` the process decides only while it
+//! owns every partition: otherwise another instance sells the same stock,
+//! so it pauses and says so.
 
+use super::recovery::Recovery;
 use super::tracker::OffsetTracker;
+use super::worker::Work;
 use crate::shutdown::Shutdown;
-use crate::telemetry;
+use crate::telemetry::{self, Readiness};
 use crossbeam_channel::{SendTimeoutError, Sender};
 use parking_lot::Mutex;
 use rdkafka::consumer::{BaseConsumer, CommitMode, Consumer, ConsumerContext, Rebalance};
@@ -45,7 +54,8 @@ pub struct Record {
     pub received: quanta::Instant,
 }
 
-/// State shared by the poll loop and the rebalance callbacks.
+/// State shared by the poll loop and the rebalance callbacks (which run on
+/// the poll loop's thread, inside `poll`).
 pub struct SourceShared {
     pub topic: String,
     pub tracker: Arc<OffsetTracker>,
@@ -53,15 +63,102 @@ pub struct SourceShared {
     dispatched: Mutex<HashMap<i32, i64>>,
     /// How long a revoke waits for in-flight outputs.
     drain_timeout: Duration,
+    /// Queue of each shard; emptied by [`SourceShared::close`].
+    shards: Mutex<Vec<Sender<Work>>>,
+    recovery: Recovery,
+    /// Partition count of `orders`.
+    partitions: usize,
+    /// Sells the whole stock: decide only while owning every partition.
+    whole: bool,
+    readiness: Readiness,
+    shutdown: Shutdown,
+}
+
+/// What the source needs besides the tracker.
+pub struct SourceSetup {
+    pub topic: String,
+    pub drain_timeout: Duration,
+    pub shards: Vec<Sender<Work>>,
+    pub recovery: Recovery,
+    pub partitions: usize,
+    pub whole: bool,
+    pub readiness: Readiness,
+    pub shutdown: Shutdown,
 }
 
 impl SourceShared {
-    pub fn new(topic: String, tracker: Arc<OffsetTracker>, drain_timeout: Duration) -> Self {
+    pub fn new(tracker: Arc<OffsetTracker>, setup: SourceSetup) -> Self {
         SourceShared {
-            topic,
+            topic: setup.topic,
             tracker,
             dispatched: Mutex::new(HashMap::new()),
-            drain_timeout,
+            drain_timeout: setup.drain_timeout,
+            shards: Mutex::new(setup.shards),
+            recovery: setup.recovery,
+            partitions: setup.partitions,
+            whole: setup.whole,
+            readiness: setup.readiness,
+            shutdown: setup.shutdown,
+        }
+    }
+
+    /// Drops the shards' queues: each shard finishes what it has and stops.
+    pub fn close(&self) {
+        self.shards.lock().clear();
+    }
+
+    /// Hands work to the shard of `partition`, waiting while its queue is
+    /// full. False if shutdown came first or the shards are closed.
+    fn dispatch(&self, partition: i32, work: Work) -> bool {
+        let shards = self.shards.lock();
+        if shards.is_empty() {
+            return false;
+        }
+        let shard = &shards[partition as usize % shards.len()];
+        dispatch(shard, work, &self.shutdown)
+    }
+
+    /// Restores the state of newly assigned partitions and hands it to
+    /// their shards, ahead of their records.
+    fn adopt(&self, partitions: &[i32]) {
+        let Some(books) = self.recovery.restore(partitions, &self.shutdown) else {
+            return; // shutdown: nothing more is decided
+        };
+        for (partition, book) in books {
+            self.dispatch(partition, Work::Adopt { partition, book });
+        }
+    }
+
+    /// With the whole stock, decides only while owning every partition.
+    fn check_sole_owner(&self, consumer: &BaseConsumer<SourceContext>) {
+        if !self.whole {
+            return;
+        }
+        let Ok(assignment) = consumer.assignment() else {
+            return;
+        };
+        let owned = assignment.elements_for_topic(&self.topic).len();
+        if owned == 0 {
+            return; // between the two halves of a rebalance
+        }
+        if owned < self.partitions {
+            tracing::error!(
+                owned,
+                partitions = self.partitions,
+                "another instance shares the consumer group, and engine.stock_split = \"whole\" \
+                 lets every instance sell the whole stock: paused so nothing is oversold; \
+                 run one instance, or set engine.stock_split = \"partition\" on all of them"
+            );
+            if let Err(e) = consumer.pause(&assignment) {
+                telemetry::kafka_error("client", &e.to_string());
+            }
+            self.readiness
+                .set_not_ready("paused: another instance shares the whole stock");
+        } else {
+            if let Err(e) = consumer.resume(&assignment) {
+                telemetry::kafka_error("client", &e.to_string());
+            }
+            self.readiness.set_ready();
         }
     }
 
@@ -165,24 +262,35 @@ impl ConsumerContext for SourceContext {
             }
         }
         self.shared.forget(&partitions);
+        for partition in &partitions {
+            self.shared.dispatch(
+                *partition,
+                Work::Release {
+                    partition: *partition,
+                },
+            );
+        }
         tracing::info!(?partitions, "partitions revoked");
     }
 
-    fn post_rebalance(&self, _consumer: &BaseConsumer<Self>, rebalance: &Rebalance<'_>) {
+    fn post_rebalance(&self, consumer: &BaseConsumer<Self>, rebalance: &Rebalance<'_>) {
         if let Rebalance::Assign(assigned) = rebalance {
-            let partitions: Vec<i32> = assigned.elements().iter().map(|e| e.partition()).collect();
+            let partitions: Vec<i32> = assigned
+                .elements_for_topic(&self.shared.topic)
+                .iter()
+                .map(|e| e.partition())
+                .collect();
             tracing::info!(?partitions, "partitions assigned");
+            if !partitions.is_empty() {
+                self.shared.adopt(&partitions);
+            }
         }
+        self.shared.check_sole_owner(consumer);
     }
 }
 
 /// Polls `orders` and dispatches records to shards until shutdown.
-pub fn run(
-    consumer: &BaseConsumer<SourceContext>,
-    shards: &[Sender<Record>],
-    shutdown: &Shutdown,
-    commit_interval: Duration,
-) {
+pub fn run(consumer: &BaseConsumer<SourceContext>, shutdown: &Shutdown, commit_interval: Duration) {
     let shared = consumer.context().shared.clone();
     let mut last_store = Instant::now();
     while !shutdown.is_triggered() {
@@ -199,8 +307,7 @@ pub fn run(
                     .dispatched
                     .lock()
                     .insert(record.partition, record.offset);
-                let shard = &shards[record.partition as usize % shards.len()];
-                if !dispatch(shard, record, shutdown) {
+                if !shared.dispatch(record.partition, Work::Record(record)) {
                     break;
                 }
             }
@@ -216,13 +323,13 @@ pub fn run(
     }
 }
 
-/// Sends a record to its shard, waiting while the queue is full. Returns
-/// false if shutdown came first (the record is then not committed).
-fn dispatch(shard: &Sender<Record>, mut record: Record, shutdown: &Shutdown) -> bool {
+/// Sends work to a shard, waiting while the queue is full. Returns false if
+/// shutdown came first (a record is then not committed).
+fn dispatch(shard: &Sender<Work>, mut work: Work, shutdown: &Shutdown) -> bool {
     loop {
-        match shard.send_timeout(record, DISPATCH_RETRY) {
+        match shard.send_timeout(work, DISPATCH_RETRY) {
             Ok(()) => return true,
-            Err(SendTimeoutError::Timeout(back)) if !shutdown.is_triggered() => record = back,
+            Err(SendTimeoutError::Timeout(back)) if !shutdown.is_triggered() => work = back,
             Err(_) => return false,
         }
     }

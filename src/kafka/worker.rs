@@ -6,7 +6,7 @@ use super::sink::{owned_headers, Outgoing, Sink};
 use super::source::Record;
 use super::tracker::{token, OffsetTracker};
 use crate::config::Topics;
-use crate::engine::{Engine, OrderBook, Output};
+use crate::engine::{self, Engine, OrderBook, Output};
 use crate::state;
 use crate::telemetry;
 use crossbeam_channel::{Receiver, RecvTimeoutError};
@@ -18,20 +18,30 @@ use time::OffsetDateTime;
 /// How often a shard reports its queue depth.
 const DEPTH_REPORT_INTERVAL: Duration = Duration::from_millis(500);
 
+/// What the consumer hands a shard, in the order it must be done.
+#[derive(Debug)]
+pub enum Work {
+    /// A record of a partition this shard holds the book of.
+    Record(Record),
+    /// A partition this process now owns, with its restored book: sent
+    /// before any of its records.
+    Adopt { partition: i32, book: OrderBook },
+    /// A partition this process no longer owns: sent after its last record.
+    Release { partition: i32 },
+}
+
 pub struct Shard {
     pub id: usize,
     pub engine: Arc<Engine>,
     pub sink: Arc<Sink>,
     pub tracker: Arc<OffsetTracker>,
     pub topics: Topics,
-    /// Capacity of each partition's order book.
-    pub dedup_window_orders: usize,
 }
 
 impl Shard {
     /// Runs until the queue's senders are gone and the queue is empty.
-    /// `books` are the order books restored at start, by partition.
-    pub fn run(self, queue: Receiver<Record>, mut books: HashMap<i32, OrderBook>) {
+    pub fn run(self, queue: Receiver<Work>) {
+        let mut books: HashMap<i32, OrderBook> = HashMap::new();
         let mut outputs = Vec::new();
         let mut last_depth_report = quanta::Instant::now();
         let mut metrics = telemetry::ShardTelemetry::new();
@@ -40,7 +50,17 @@ impl Shard {
             // Waking up when idle keeps the depth gauge current after a burst
             // drains, instead of frozen at the last busy reading.
             let record = match queue.recv_timeout(DEPTH_REPORT_INTERVAL) {
-                Ok(record) => record,
+                Ok(Work::Record(record)) => record,
+                Ok(Work::Adopt { partition, book }) => {
+                    books.insert(partition, book);
+                    continue;
+                }
+                Ok(Work::Release { partition }) => {
+                    if let Some(book) = books.remove(&partition) {
+                        engine::forget(self.engine.inventory(), &book);
+                    }
+                    continue;
+                }
                 Err(RecvTimeoutError::Timeout) => {
                     metrics.flush();
                     telemetry::shard_queue_depth(self.id, queue.len());
@@ -49,9 +69,16 @@ impl Shard {
                 }
                 Err(RecvTimeoutError::Disconnected) => break,
             };
-            let book = books
-                .entry(record.partition)
-                .or_insert_with(|| OrderBook::new(self.dedup_window_orders));
+            let Some(book) = books.get_mut(&record.partition) else {
+                // The consumer adopts a partition before dispatching its
+                // records; a record without a book would be decided blind.
+                debug_assert!(false, "record of a partition without a book");
+                tracing::error!(
+                    partition = record.partition,
+                    "record of a partition whose state was not restored; not decided"
+                );
+                continue;
+            };
             outputs.clear();
             let processed = self.engine.process(
                 book,
@@ -105,8 +132,11 @@ impl Shard {
                         record: change,
                     };
                     let header = state::encode(&entry);
+                    // The status topic is the changelog of each orders
+                    // partition: same partition number (see `recovery`).
                     status = Some(Outgoing {
                         topic: self.topics.status.clone(),
+                        partition: Some(record.partition),
                         key: Some(order_id.into_bytes()),
                         payload: Some(payload),
                         headers: Some(owned_headers(&[(state::HEADER, &header)])),
@@ -117,6 +147,7 @@ impl Shard {
                 } => {
                     fulfillments.push(Outgoing {
                         topic: self.topics.fulfillments.clone(),
+                        partition: None,
                         key: Some(order_id.into_bytes()),
                         payload: Some(payload),
                         headers: None,

@@ -473,6 +473,16 @@ impl Scenario {
                 fail(field, format!("must be at least 1, got {value}"));
             }
         }
+        if topics.status_partitions < topics.orders_partitions {
+            fail(
+                "topics.status_partitions",
+                format!(
+                    "must be at least topics.orders_partitions ({}), got {}: each orders \
+                     partition writes its statuses to the status partition of the same number",
+                    topics.orders_partitions, topics.status_partitions
+                ),
+            );
+        }
         errors
     }
 

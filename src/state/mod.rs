@@ -13,7 +13,7 @@
 //! See docs/architecture.md for why this holds across crashes.
 
 use crate::engine::{OrderBook, OrderRecord, OrderState};
-use crate::inventory::Inventory;
+use crate::inventory::{Inventory, Quota};
 use serde::{Deserialize, Serialize};
 use std::collections::HashMap;
 
@@ -64,26 +64,48 @@ pub struct Restorer<'a> {
     inventory: &'a Inventory,
     books: HashMap<i32, OrderBook>,
     capacity: usize,
+    /// Partitions of `orders` when each sells only its quota.
+    quota_of: Option<u32>,
     /// Entries applied (copies of an entry already applied are skipped).
     pub applied: u64,
 }
 
 impl<'a> Restorer<'a> {
-    pub fn new(inventory: &'a Inventory, capacity: usize) -> Self {
+    /// `quota_of`: the partition count of `orders` when every partition
+    /// sells only its quota (instances sharing a sale), else `None`.
+    pub fn new(inventory: &'a Inventory, capacity: usize, quota_of: Option<u32>) -> Self {
         Restorer {
             inventory,
             books: HashMap::new(),
             capacity,
+            quota_of,
             applied: 0,
         }
     }
 
+    /// An empty book for `partition`, as this restorer builds them.
+    pub fn empty_book(&self, partition: i32) -> OrderBook {
+        match self.quota_of {
+            Some(partitions) => OrderBook::with_quota(
+                self.capacity,
+                Quota {
+                    partition: partition as u32,
+                    partitions,
+                },
+            ),
+            None => OrderBook::new(self.capacity),
+        }
+    }
+
     pub fn apply(&mut self, order_id: &str, entry: ChangelogEntry) {
-        let capacity = self.capacity;
+        if !self.books.contains_key(&entry.partition) {
+            let book = self.empty_book(entry.partition);
+            self.books.insert(entry.partition, book);
+        }
         let book = self
             .books
-            .entry(entry.partition)
-            .or_insert_with(|| OrderBook::new(capacity));
+            .get_mut(&entry.partition)
+            .expect("inserted above");
         let known = book.get(order_id);
         if known == Some(&entry.record) {
             return; // a copy of a status sent again after a crash
@@ -91,21 +113,31 @@ impl<'a> Restorer<'a> {
         let was_accepted = known.is_some_and(|r| r.state == OrderState::Accepted);
         match (&entry.record.state, &entry.record.holding) {
             (OrderState::Accepted, Some(holding)) if !was_accepted => {
-                self.inventory.restore(holding)
+                self.inventory.restore(holding);
+                book.took(&holding.demand);
             }
             // Only give back what this restore took: an acceptance older
             // than the book's window keeps its units (never oversells).
-            (OrderState::Cancelled, Some(holding)) if was_accepted => self
-                .inventory
-                .release(&holding.customer_id, &holding.demand),
+            (OrderState::Cancelled, Some(holding)) if was_accepted => {
+                self.inventory
+                    .release(&holding.customer_id, &holding.demand);
+                book.gave_back(&holding.demand);
+            }
             _ => {}
         }
         book.insert(order_id.to_string(), entry.record);
         self.applied += 1;
     }
 
-    /// The rebuilt order books, by partition.
-    pub fn finish(self) -> HashMap<i32, OrderBook> {
+    /// The rebuilt order books of `partitions` (empty where no entry was
+    /// found), by partition.
+    pub fn finish(mut self, partitions: &[i32]) -> HashMap<i32, OrderBook> {
+        for partition in partitions {
+            if !self.books.contains_key(partition) {
+                let book = self.empty_book(*partition);
+                self.books.insert(*partition, book);
+            }
+        }
         self.books
     }
 }
@@ -155,7 +187,7 @@ mod tests {
             prices: BTreeMap::new(),
             max_per_customer: Some(5),
         });
-        let mut restorer = Restorer::new(&inventory, 100);
+        let mut restorer = Restorer::new(&inventory, 100, None);
         restorer.apply("o-1", entry(OrderState::Accepted, 7));
         restorer.apply("o-1", entry(OrderState::Accepted, 7)); // copy
         restorer.apply("o-2", entry(OrderState::Accepted, 8));
@@ -167,7 +199,7 @@ mod tests {
         restorer.apply("o-9", entry(OrderState::Cancelled, 21)); // acceptance not seen
         assert_eq!(inventory.get("A").unwrap().reserved, 2);
         assert_eq!(restorer.applied, 5);
-        let books = restorer.finish();
+        let books = restorer.finish(&[3]);
         assert_eq!(books[&3].get("o-2").unwrap().state, OrderState::Cancelled);
         assert_eq!(books[&3].get("o-3").unwrap().offset, 9);
     }
