@@ -42,6 +42,7 @@ pub const SHARD_QUEUE_DEPTH: &str = "orderflow_shard_queue_depth";
 pub const FULFILLMENTS_TOTAL: &str = "orderflow_fulfillments_total";
 pub const KAFKA_ERRORS_TOTAL: &str = "orderflow_kafka_errors_total";
 pub const OUTPUTS_PENDING: &str = "orderflow_outputs_pending";
+pub const PARTITIONS_ASSIGNED: &str = "orderflow_partitions_assigned";
 pub const BUILD_INFO: &str = "orderflow_build_info";
 
 /// The kind of a metric, as Prometheus names it.
@@ -54,7 +55,7 @@ pub enum Kind {
 
 /// Every metric this process exports, with its kind. Dashboards, alert
 /// rules and their tests are checked against this list.
-pub const METRICS: [(&str, Kind); 18] = [
+pub const METRICS: [(&str, Kind); 19] = [
     (ORDERS_TOTAL, Kind::Counter),
     (ORDERS_REJECTED_TOTAL, Kind::Counter),
     (DLQ_RECORDS_TOTAL, Kind::Counter),
@@ -72,6 +73,7 @@ pub const METRICS: [(&str, Kind); 18] = [
     (FULFILLMENTS_TOTAL, Kind::Counter),
     (KAFKA_ERRORS_TOTAL, Kind::Counter),
     (OUTPUTS_PENDING, Kind::Gauge),
+    (PARTITIONS_ASSIGNED, Kind::Gauge),
     (BUILD_INFO, Kind::Gauge),
 ];
 
@@ -256,6 +258,10 @@ pub fn describe() {
         "Output records produced but not yet acknowledged by the broker."
     );
     describe_gauge!(
+        PARTITIONS_ASSIGNED,
+        "Partitions of the orders topic this instance owns and decides."
+    );
+    describe_gauge!(
         BUILD_INFO,
         "Always 1; the version of the running binary is in its labels."
     );
@@ -312,6 +318,7 @@ pub fn init_series() {
     }
     gauge!(OVERSOLD_UNITS).set(0.0);
     gauge!(OUTPUTS_PENDING).set(0.0);
+    gauge!(PARTITIONS_ASSIGNED).set(0.0);
 }
 
 /// The per-record metrics of one shard thread, buffered.
@@ -508,6 +515,10 @@ pub fn shard_queue_depth(shard: usize, depth: usize) {
 pub fn consumer_lag(partition: i32, lag: Option<i64>) {
     let lag = lag.unwrap_or(0).max(0);
     gauge!(CONSUMER_LAG_MESSAGES, "partition" => partition.to_string()).set(lag as f64);
+}
+
+pub fn partitions_assigned(count: usize) {
+    gauge!(PARTITIONS_ASSIGNED).set(count as f64);
 }
 
 pub fn outputs_pending(pending: usize) {

@@ -1,13 +1,14 @@
 //! Crash safety on a real broker (tansu): the processor binary is killed
-//! with SIGKILL mid-sale and started again; separately, the broker itself is
-//! killed and restarted mid-sale under a running processor. Each run ends
+//! with SIGKILL mid-sale and started again; three instances share a sale,
+//! one is killed and another added mid-sale; separately, the broker itself
+//! is killed and restarted mid-sale under a running processor. Each run ends
 //! with every order decided exactly once (copies with the same event_id
 //! allowed, never two different statuses), zero oversold units, the hot SKU
 //! sold out exactly, and fulfillments consistent with the decisions.
 
 mod common;
 
-use common::{json, wait_for, Broker};
+use common::{free_port, http_get, json, wait_for, Broker};
 use rdkafka::message::Message;
 use serde_json::{json, Value};
 use std::collections::{HashMap, HashSet};
@@ -27,32 +28,88 @@ const SESSION_TIMEOUT: Duration = Duration::from_secs(6);
 const BROKER_DOWNTIME: Duration = Duration::from_secs(30);
 
 /// The processor binary, run against `broker` until killed or stopped.
-struct ProcessorProcess(Child);
+struct ProcessorProcess {
+    child: Child,
+    /// Where its `/metrics` is served, if enabled.
+    metrics: Option<String>,
+}
 
 impl ProcessorProcess {
     fn start(broker: &Broker) -> ProcessorProcess {
-        let child = Command::new(env!("CARGO_BIN_EXE_orderflow"))
+        Self::start_with(broker, &["metrics.enabled=false"])
+    }
+
+    /// One of several instances sharing the sale: each partition sells its
+    /// quota of every SKU; metrics on a free port to tell who decided what.
+    fn start_sharing(broker: &Broker) -> ProcessorProcess {
+        let listen = format!("127.0.0.1:{}", free_port());
+        let mut processor = Self::start_with(
+            broker,
+            &[
+                "engine.stock_split=partition",
+                &format!("metrics.listen={listen}"),
+            ],
+        );
+        processor.metrics = Some(listen);
+        processor
+    }
+
+    fn start_with(broker: &Broker, overrides: &[&str]) -> ProcessorProcess {
+        let mut command = Command::new(env!("CARGO_BIN_EXE_orderflow"));
+        command
             .args(["run", "--brokers", &broker.addr()])
-            .args(["--set", "metrics.enabled=false"])
             .args([
                 "--set",
                 &format!("kafka.session_timeout_ms={}", SESSION_TIMEOUT.as_millis()),
             ])
-            .args(["--set", "log.level=warn"])
+            .args(["--set", "log.level=warn"]);
+        for setting in overrides {
+            command.args(["--set", setting]);
+        }
+        let child = command
             .stdin(Stdio::null())
             .spawn()
             .expect("starting orderflow");
-        ProcessorProcess(child)
+        ProcessorProcess {
+            child,
+            metrics: None,
+        }
+    }
+
+    /// The sum of the series of /metrics whose line starts with one of
+    /// `series`; `None` while the instance does not serve them yet.
+    fn metric(&self, series: &[&str]) -> Option<u64> {
+        let addr = self.metrics.as_ref().expect("metrics enabled");
+        let (_, body) = http_get(addr, "/metrics")?;
+        let sum = body
+            .lines()
+            .filter(|line| series.iter().any(|s| line.starts_with(&format!("{s} "))))
+            .filter_map(|line| line.rsplit(' ').next()?.parse::<f64>().ok())
+            .sum::<f64>();
+        Some(sum as u64)
+    }
+
+    /// Orders this instance decided (accepted or rejected).
+    fn decided(&self) -> Option<u64> {
+        self.metric(&[
+            "orderflow_orders_total{outcome=\"accepted\"}",
+            "orderflow_orders_total{outcome=\"rejected\"}",
+        ])
+    }
+
+    /// Partitions of `orders` this instance owns.
+    fn partitions(&self) -> Option<u64> {
+        self.metric(&["orderflow_partitions_assigned"])
     }
 
     fn kill_9(mut self) {
-        self.0.kill().unwrap();
-        self.0.wait().unwrap();
+        self.child.kill().unwrap();
+        self.child.wait().unwrap();
     }
 
     /// SIGTERM, then waits for a clean exit.
     fn stop(mut self) {
-        let pid = self.0.id().to_string();
+        let pid = self.child.id().to_string();
         assert!(Command::new("kill")
             .args(["-TERM", &pid])
             .status()
@@ -61,7 +118,7 @@ impl ProcessorProcess {
         let status = wait_for(
             "orderflow to exit after SIGTERM",
             Duration::from_secs(60),
-            || self.0.try_wait().unwrap(),
+            || self.child.try_wait().unwrap(),
         );
         assert!(status.success(), "orderflow exited with {status}");
     }
@@ -69,7 +126,7 @@ impl ProcessorProcess {
 
 impl Drop for ProcessorProcess {
     fn drop(&mut self) {
-        let _ = self.0.kill();
+        let _ = self.child.kill();
     }
 }
 
@@ -134,12 +191,15 @@ fn setup() -> Broker {
     broker
 }
 
-/// Produces the sale in batches from a thread, so faults hit mid-sale.
-fn produce_in_background(broker: &Broker) -> thread::JoinHandle<()> {
+/// Produces `records` in batches from a thread, so faults hit mid-sale.
+fn produce_in_background(
+    broker: &Broker,
+    records: Vec<(Option<Vec<u8>>, Vec<u8>)>,
+) -> thread::JoinHandle<()> {
     let addr = broker.addr();
     thread::spawn(move || {
         let producer = common::producer_for(&addr);
-        for batch in sale().chunks(BATCH) {
+        for batch in records.chunks(BATCH) {
             common::produce_with(&producer, "orders", batch);
         }
     })
@@ -276,7 +336,7 @@ fn audit(broker: &Broker) {
 fn kill_9_mid_sale_then_restart_loses_and_doubles_nothing() {
     let broker = setup();
     let first = ProcessorProcess::start(&broker);
-    let producing = produce_in_background(&broker);
+    let producing = produce_in_background(&broker, sale());
     wait_for_decisions(&broker, ORDERS / 4);
     let killed_at = Instant::now();
     first.kill_9();
@@ -304,7 +364,7 @@ fn kill_9_mid_sale_then_restart_loses_and_doubles_nothing() {
 fn broker_killed_and_restarted_mid_sale() {
     let mut broker = setup();
     let processor = ProcessorProcess::start(&broker);
-    let producing = produce_in_background(&broker);
+    let producing = produce_in_background(&broker, sale());
     wait_for_decisions(&broker, ORDERS / 4);
     broker.kill();
     // An outage of a fixed length is the point here, not a wait for a condition.
@@ -314,5 +374,58 @@ fn broker_killed_and_restarted_mid_sale() {
     producing.join().unwrap();
     produce_sentinels_and_wait(&broker);
     processor.stop();
+    audit(&broker);
+}
+
+/// Waits until every partition of `orders` is owned and each of
+/// `instances` owns at least one.
+fn wait_until_shared(instances: &[&ProcessorProcess]) {
+    wait_for("the instances to share every partition", TIMEOUT, || {
+        let owned: Option<Vec<u64>> = instances.iter().map(|i| i.partitions()).collect();
+        owned.filter(|o| o.iter().all(|n| *n > 0) && o.iter().sum::<u64>() == PARTITIONS as u64)
+    });
+}
+
+#[test]
+fn three_instances_share_a_sale_one_killed_one_added() {
+    let broker = setup();
+    let [first, killed, third] = [(); 3].map(|_| ProcessorProcess::start_sharing(&broker));
+    wait_until_shared(&[&first, &killed, &third]);
+    let mut records = sale();
+    let second_half = records.split_off(records.len() / 2);
+    let producing = produce_in_background(&broker, records);
+    wait_for_decisions(&broker, ORDERS / 4);
+    let killed_decisions = killed.decided().expect("instance 1 serves /metrics");
+    killed.kill_9();
+    println!("killed instance 1 with SIGKILL after it decided {killed_decisions} orders");
+    assert!(
+        killed_decisions > 0,
+        "the killed instance took part in the sale"
+    );
+    // As in the restart test: tansu expires the dead member only when a
+    // member joins after its session timeout, so the added instance joins
+    // then, and the dead one's partitions move to the live ones.
+    thread::sleep(SESSION_TIMEOUT + Duration::from_secs(1));
+    let added = ProcessorProcess::start_sharing(&broker);
+    wait_until_shared(&[&first, &third, &added]);
+    producing.join().unwrap();
+    // The second half of the sale goes to the instances as they are now.
+    produce_in_background(&broker, second_half).join().unwrap();
+    produce_sentinels_and_wait(&broker);
+    let survivors = [
+        ("instance 0", first),
+        ("instance 2", third),
+        ("added", added),
+    ];
+    for (name, instance) in survivors {
+        let decided = instance.decided().expect("a live instance serves /metrics");
+        let owned = instance
+            .partitions()
+            .expect("a live instance serves /metrics");
+        println!("{name} decided {decided} orders, owns {owned} partitions");
+        // More than the sentinels of the partitions it owns.
+        assert!(decided > PARTITIONS as u64, "{name} took part in the sale");
+        instance.stop();
+    }
     audit(&broker);
 }

@@ -11,10 +11,9 @@
 
 mod common;
 
-use common::{free_port, wait_for, Broker};
+use common::{free_port, http_get as get, wait_for, Broker};
 use serde_json::{json, Value};
-use std::io::{Read, Write};
-use std::net::TcpStream;
+use std::io::Write;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
@@ -29,7 +28,6 @@ const RATE_INTERVAL: &str = "10s";
 const START_TIMEOUT: Duration = Duration::from_secs(60);
 const QUERY_TIMEOUT: Duration = Duration::from_secs(60);
 const DRAIN_TIMEOUT: Duration = Duration::from_secs(120);
-const HTTP_TIMEOUT: Duration = Duration::from_secs(10);
 
 /// Orders are produced in this many batches, `BATCH_PACE` apart, so the
 /// sale lasts long enough for rate() windows to see traffic.
@@ -73,26 +71,6 @@ fn tool(name: &str, var: &str) -> PathBuf {
 
 fn repo() -> PathBuf {
     PathBuf::from(env!("CARGO_MANIFEST_DIR"))
-}
-
-/// A minimal HTTP/1.0 GET (Prometheus and orderflow both close the
-/// connection after the body): returns status and body, or `None` if the
-/// server is not accepting connections.
-fn get(addr: &str, path_and_query: &str) -> Option<(u16, String)> {
-    let mut stream = TcpStream::connect(addr).ok()?;
-    stream.set_read_timeout(Some(HTTP_TIMEOUT)).ok()?;
-    stream.set_write_timeout(Some(HTTP_TIMEOUT)).ok()?;
-    write!(
-        stream,
-        "GET {path_and_query} HTTP/1.0\r\nHost: {addr}\r\n\r\n"
-    )
-    .ok()?;
-    let mut response = Vec::new();
-    stream.read_to_end(&mut response).ok()?;
-    let text = String::from_utf8_lossy(&response);
-    let (head, body) = text.split_once("\r\n\r\n")?;
-    let status = head.split_whitespace().nth(1)?.parse().ok()?;
-    Some((status, body.to_string()))
 }
 
 fn percent_encode(text: &str) -> String {

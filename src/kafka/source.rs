@@ -129,17 +129,16 @@ impl SourceShared {
         }
     }
 
-    /// With the whole stock, decides only while owning every partition.
-    fn check_sole_owner(&self, consumer: &BaseConsumer<SourceContext>) {
-        if !self.whole {
-            return;
-        }
+    /// Reports the partitions owned after a rebalance and, with the whole
+    /// stock, decides only while owning every partition.
+    fn after_rebalance(&self, consumer: &BaseConsumer<SourceContext>) {
         let Ok(assignment) = consumer.assignment() else {
             return;
         };
         let owned = assignment.elements_for_topic(&self.topic).len();
-        if owned == 0 {
-            return; // between the two halves of a rebalance
+        telemetry::partitions_assigned(owned);
+        if !self.whole || owned == 0 {
+            return; // quotas, or nothing owned: nothing to pause
         }
         if owned < self.partitions {
             tracing::error!(
@@ -285,7 +284,7 @@ impl ConsumerContext for SourceContext {
                 self.shared.adopt(&partitions);
             }
         }
-        self.shared.check_sole_owner(consumer);
+        self.shared.after_rebalance(consumer);
     }
 }
 

@@ -14,7 +14,8 @@ use rdkafka::message::{Headers, Message, OwnedMessage};
 use rdkafka::producer::{FutureProducer, FutureRecord, Producer};
 use rdkafka::topic_partition_list::{Offset, TopicPartitionList};
 use rdkafka::ClientConfig;
-use std::net::TcpListener;
+use std::io::{Read, Write};
+use std::net::{TcpListener, TcpStream};
 use std::path::PathBuf;
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
@@ -22,6 +23,8 @@ use std::time::{Duration, Instant};
 /// How long a broker may take to accept connections.
 const BROKER_START_TIMEOUT: Duration = Duration::from_secs(30);
 const ADMIN_TIMEOUT: Duration = Duration::from_secs(30);
+/// How long one HTTP request to a test server may take.
+const HTTP_TIMEOUT: Duration = Duration::from_secs(10);
 
 pub fn tansu_binary() -> PathBuf {
     if let Ok(path) = std::env::var("TANSU_BIN") {
@@ -418,4 +421,24 @@ pub fn header(message: &OwnedMessage, name: &str) -> Option<String> {
 
 pub fn json(message: &OwnedMessage) -> serde_json::Value {
     serde_json::from_slice(message.payload().expect("a payload")).expect("JSON payload")
+}
+
+/// A minimal HTTP/1.0 GET (Prometheus and orderflow both close the
+/// connection after the body): returns status and body, or `None` if the
+/// server is not accepting connections.
+pub fn http_get(addr: &str, path_and_query: &str) -> Option<(u16, String)> {
+    let mut stream = TcpStream::connect(addr).ok()?;
+    stream.set_read_timeout(Some(HTTP_TIMEOUT)).ok()?;
+    stream.set_write_timeout(Some(HTTP_TIMEOUT)).ok()?;
+    write!(
+        stream,
+        "GET {path_and_query} HTTP/1.0\r\nHost: {addr}\r\n\r\n"
+    )
+    .ok()?;
+    let mut response = Vec::new();
+    stream.read_to_end(&mut response).ok()?;
+    let text = String::from_utf8_lossy(&response);
+    let (head, body) = text.split_once("\r\n\r\n")?;
+    let status = head.split_whitespace().nth(1)?.parse().ok()?;
+    Some((status, body.to_string()))
 }
