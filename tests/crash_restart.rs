@@ -1,10 +1,11 @@
 //! Crash safety on a real broker (tansu): the processor binary is killed
 //! with SIGKILL mid-sale and started again; three instances share a sale,
 //! one is killed and another added mid-sale; separately, the broker itself
-//! is killed and restarted mid-sale under a running processor. Each run ends
-//! with every order decided exactly once (copies with the same event_id
-//! allowed, never two different statuses), zero oversold units, the hot SKU
-//! sold out exactly, and fulfillments consistent with the decisions.
+//! is killed and restarted mid-sale under a running processor; and two
+//! whole-stock instances pause rather than share. Each run ends with every
+//! order decided exactly once (one status each; follow-up copies with the
+//! same event_id allowed), zero oversold units, the hot SKU sold out
+//! exactly, and fulfillments consistent with the decisions.
 
 mod common;
 
@@ -42,16 +43,39 @@ impl ProcessorProcess {
     /// One of several instances sharing the sale: each partition sells its
     /// quota of every SKU; metrics on a free port to tell who decided what.
     fn start_sharing(broker: &Broker) -> ProcessorProcess {
+        Self::start_observed(broker, "partition")
+    }
+
+    /// An instance with `engine.stock_split = split` and metrics served,
+    /// one of several in the group.
+    ///
+    /// Eager assignment, not the default cooperative-sticky: tansu 0.6
+    /// completes a generation's JoinGroup without waiting for every member
+    /// (seen in librdkafka's cgrp log: generation 14 answered with two of
+    /// three members' metadata while the third still held a partition), so
+    /// under cooperative assignment the leader gave that partition away
+    /// while its owner kept deciding it, and statuses were doubled in 2 of
+    /// 6 runs. Kafka's coordinator waits for all members (KIP-429's
+    /// premise). With eager assignment every member gives up its partitions
+    /// as it learns of a rebalance: 0 doubled in every run here.
+    fn start_observed(broker: &Broker, split: &str) -> ProcessorProcess {
         let listen = format!("127.0.0.1:{}", free_port());
         let mut processor = Self::start_with(
             broker,
             &[
-                "engine.stock_split=partition",
+                &format!("engine.stock_split={split}"),
                 &format!("metrics.listen={listen}"),
+                "kafka.consumer.partition.assignment.strategy=roundrobin",
             ],
         );
         processor.metrics = Some(listen);
         processor
+    }
+
+    /// The HTTP status of `/ready`, once the instance answers.
+    fn ready_status(&self) -> Option<u16> {
+        let addr = self.metrics.as_ref().expect("metrics enabled");
+        http_get(addr, "/ready").map(|(status, _)| status)
     }
 
     fn start_with(broker: &Broker, overrides: &[&str]) -> ProcessorProcess {
@@ -313,6 +337,7 @@ fn audit(broker: &Broker) {
         cancelled.len()
     );
     assert_eq!(missing, 0, "orders without a status");
+    assert_eq!(copies, 0, "orders with the same status twice");
     assert_eq!(conflicting, 0, "orders with two different statuses");
     assert_eq!(
         wrong_cancels, 0,
@@ -427,5 +452,40 @@ fn three_instances_share_a_sale_one_killed_one_added() {
         assert!(decided > PARTITIONS as u64, "{name} took part in the sale");
         instance.stop();
     }
+    audit(&broker);
+}
+
+#[test]
+fn whole_stock_instances_pause_rather_than_share_a_sale() {
+    let broker = setup();
+    let first = ProcessorProcess::start_observed(&broker, "whole");
+    let second = ProcessorProcess::start_observed(&broker, "whole");
+    // Both own partitions, so both pause and say so on /ready.
+    wait_for("both instances to pause", TIMEOUT, || {
+        let both = [&first, &second].map(|i| (i.partitions(), i.ready_status()));
+        both.iter()
+            .all(|(owned, ready)| owned.is_some_and(|n| n > 0) && *ready == Some(503))
+            .then_some(())
+    });
+    println!("two whole-stock instances share the group: both paused, /ready 503");
+    // Half the sale arrives while they are paused: had they decided it,
+    // each would have sold the hot SKU's whole stock.
+    let mut records = sale();
+    let second_half = records.split_off(records.len() / 2);
+    produce_in_background(&broker, records).join().unwrap();
+    second.stop();
+    wait_for(
+        "the remaining instance to own every partition",
+        TIMEOUT,
+        || {
+            let resumed =
+                first.partitions() == Some(PARTITIONS as u64) && first.ready_status() == Some(200);
+            resumed.then_some(())
+        },
+    );
+    println!("one instance left: it owns every partition and decides again");
+    produce_in_background(&broker, second_half).join().unwrap();
+    produce_sentinels_and_wait(&broker);
+    first.stop();
     audit(&broker);
 }
