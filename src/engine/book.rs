@@ -2,7 +2,7 @@
 //! each accepted order holds, so duplicates get no second status and a
 //! cancellation gives back exactly what was taken, once.
 
-use crate::inventory::{Quota, Share};
+use crate::inventory::{Quota, Share, SoldUnits};
 use serde::{Deserialize, Serialize};
 use std::collections::{HashMap, VecDeque};
 
@@ -57,7 +57,7 @@ pub struct OrderBook {
     quota: Option<Quota>,
     /// With a quota: units of each SKU held by the partition's accepted,
     /// uncancelled orders, including orders the window has forgotten.
-    sold: HashMap<String, i64>,
+    sold: SoldUnits,
 }
 
 impl OrderBook {
@@ -69,7 +69,7 @@ impl OrderBook {
             capacity,
             evicted: 0,
             quota: None,
-            sold: HashMap::new(),
+            sold: SoldUnits::default(),
         }
     }
 
@@ -118,7 +118,7 @@ impl OrderBook {
     }
 
     /// Units held per SKU with a quota (empty without one).
-    pub fn sold(&self) -> &HashMap<String, i64> {
+    pub fn sold(&self) -> &SoldUnits {
         &self.sold
     }
 

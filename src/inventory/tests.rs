@@ -189,7 +189,8 @@ fn a_partition_sells_only_its_quota() {
         partitions: 4,
     };
     assert_eq!(partition_quota(40, "SKU-1", quota), 10);
-    let mut sold = HashMap::from([("SKU-1".to_string(), 8)]);
+    let mut sold = SoldUnits::default();
+    sold.insert("SKU-1".to_string(), 8);
     let share = Share::Partition { quota, sold: &sold };
     let rejection = inventory.reserve(&order, share, ok).unwrap_err();
     assert_eq!(rejection.reason, Reason::OutOfStock);
