@@ -13,6 +13,9 @@
 //!
 //! Run: `cargo bench --bench telemetry`; results in docs/benchmarks.md.
 
+#[path = "support/mod.rs"]
+mod support;
+
 use criterion::{black_box, criterion_group, criterion_main, BatchSize, Criterion, Throughput};
 use metrics_exporter_prometheus::PrometheusHandle;
 use orderflow::engine::{Engine, OrderBook, Output};
@@ -176,19 +179,6 @@ fn process_on(
 /// As in `kafka::worker`.
 const DEPTH_REPORT_INTERVAL: Duration = Duration::from_millis(500);
 
-/// CPU time this thread has used: unlike wall time, it does not count the
-/// time other processes on a shared machine hold the core.
-fn thread_cpu_time() -> Duration {
-    let mut ts = libc::timespec {
-        tv_sec: 0,
-        tv_nsec: 0,
-    };
-    // SAFETY: `ts` is a valid, writable timespec for the call's duration.
-    let rc = unsafe { libc::clock_gettime(libc::CLOCK_THREAD_CPUTIME_ID, &mut ts) };
-    assert_eq!(rc, 0, "clock_gettime(CLOCK_THREAD_CPUTIME_ID)");
-    Duration::new(ts.tv_sec as u64, ts.tv_nsec as u32)
-}
-
 /// Rounds of the paired comparison.
 const PAIRED_ROUNDS: usize = 300;
 
@@ -210,14 +200,14 @@ fn paired(
             let mut book = OrderBook::new(2 * BATCH);
             let mut metrics = telemetry::ShardTelemetry::new();
             handle.run_upkeep();
-            let start = thread_cpu_time();
+            let start = support::thread_cpu_time();
             if first {
                 process_off(engine, &mut book, records, now);
-                off.push(thread_cpu_time() - start);
+                off.push(support::thread_cpu_time() - start);
             } else {
                 process_on(engine, &mut book, records, now, &mut metrics);
                 drop(metrics); // the last flush belongs to the batch
-                on.push(thread_cpu_time() - start);
+                on.push(support::thread_cpu_time() - start);
             }
         }
     }

@@ -80,8 +80,12 @@ pub enum Decoded<'a> {
 
 /// Every field of both order event types, all optional, so that a single
 /// parse reads either type without serde's buffering of tagged enums.
-#[derive(Deserialize)]
-struct Flat<'a> {
+///
+/// Public, but not part of the API, only so that `benches/decode.rs` can
+/// hand this same type to other JSON decoders.
+#[doc(hidden)]
+#[derive(Debug, PartialEq, Deserialize)]
+pub struct Flat<'a> {
     #[serde(rename = "type", default, borrow, deserialize_with = "borrow::option")]
     kind: Option<Cow<'a, str>>,
     #[serde(default, borrow, deserialize_with = "borrow::option")]

@@ -3,7 +3,7 @@
 //! Every `event_id` is a function of the order alone, so a consumer (or a
 //! replay after a crash) can drop copies it has already seen.
 
-use super::{validate::ValidOrder, Address, Reason, Rejection};
+use super::{json, validate::ValidOrder, Address, Reason, Rejection};
 use serde::{Deserialize, Serialize};
 use std::cell::RefCell;
 use time::format_description::well_known::Rfc3339;
@@ -136,114 +136,102 @@ pub fn shipment_keys(order: &ValidOrder<'_>) -> Vec<String> {
 
 /// The JSON of `StatusEvent::new(order_id, status, rejection, now)`, byte
 /// for byte, written straight into a buffer: no event struct, no copies of
-/// the order's text (the status is produced for every record).
+/// the order's text (the status is produced for every record). Same fields
+/// in the same order as [`StatusEvent`]; a unit test checks every byte.
 pub fn status_json(
     order_id: &str,
     status: Status,
     rejection: Option<&Rejection>,
     now: OffsetDateTime,
 ) -> Vec<u8> {
-    /// Same fields in the same order as [`StatusEvent`], borrowed.
-    #[derive(Serialize)]
-    struct StatusRef<'a> {
-        event_id: EventId<'a>,
-        order_id: &'a str,
-        status: Status,
-        reason: Option<Reason>,
-        detail: Option<&'a str>,
-        processed_at: &'a str,
+    let mut out = Vec::with_capacity(PAYLOAD_CAPACITY);
+    out.extend_from_slice(b"{\"event_id\":");
+    json::push_str(&mut out, &[order_id, ":", status.as_str()]);
+    out.extend_from_slice(b",\"order_id\":");
+    json::push_str(&mut out, &[order_id]);
+    out.extend_from_slice(b",\"status\":");
+    json::push_str(&mut out, &[status.as_str()]);
+    out.extend_from_slice(b",\"reason\":");
+    match rejection {
+        Some(r) => json::push_str(&mut out, &[r.reason.as_str()]),
+        None => out.extend_from_slice(b"null"),
     }
+    out.extend_from_slice(b",\"detail\":");
+    match rejection {
+        Some(r) => json::push_str(&mut out, &[&r.detail]),
+        None => out.extend_from_slice(b"null"),
+    }
+    out.extend_from_slice(b",\"processed_at\":");
     with_time(now, |processed_at| {
-        let event = StatusRef {
-            event_id: EventId(&[order_id, ":", status.as_str()]),
-            order_id,
-            status,
-            reason: rejection.map(|r| r.reason),
-            detail: rejection.map(|r| r.detail.as_str()),
-            processed_at,
-        };
-        to_json(&event)
-    })
-}
-
-/// An ID made of parts, serialized as one JSON string without building it.
-struct EventId<'a>(&'a [&'a str]);
-
-impl Serialize for EventId<'_> {
-    fn serialize<S: serde::Serializer>(&self, serializer: S) -> Result<S::Ok, S::Error> {
-        serializer.collect_str(self)
-    }
-}
-
-impl std::fmt::Display for EventId<'_> {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        self.0.iter().try_for_each(|part| f.write_str(part))
-    }
+        json::push_str(&mut out, &[processed_at])
+    });
+    out.push(b'}');
+    out
 }
 
 /// Starting size of an output payload: a status is about 150 bytes, a
 /// fulfillment with its address about 300; one allocation covers most.
 const PAYLOAD_CAPACITY: usize = 384;
 
-fn to_json(value: &impl Serialize) -> Vec<u8> {
-    let mut buffer = Vec::with_capacity(PAYLOAD_CAPACITY);
-    serde_json::to_writer(&mut buffer, value).expect("output events always serialize");
-    buffer
+/// Calls `each(kind, payload)` with the JSON of every event of
+/// `requested(order)`, byte for byte, without cloning the order's text:
+/// the same fields in the same order as
+/// `FulfillmentEvent::FulfillmentRequested` and [`Address`] (a unit test
+/// checks every byte).
+pub fn requested_json(order: &ValidOrder<'_>, mut each: impl FnMut(&'static str, Vec<u8>)) {
+    const KIND: &str = "fulfillment_requested";
+    let id: &str = &order.order_id;
+    for (key, address) in &order.addresses {
+        let mut lines = order.lines.iter().filter(|line| line.ship_to == *key);
+        let Some(first_line) = lines.next() else {
+            continue;
+        };
+        let mut out = Vec::with_capacity(PAYLOAD_CAPACITY);
+        out.extend_from_slice(b"{\"type\":\"fulfillment_requested\",\"event_id\":");
+        json::push_str(&mut out, &[id, "/", key, ":requested"]);
+        out.extend_from_slice(b",\"fulfillment_id\":");
+        json::push_str(&mut out, &[id, "/", key]);
+        out.extend_from_slice(b",\"order_id\":");
+        json::push_str(&mut out, &[id]);
+        out.extend_from_slice(b",\"address\":");
+        push_address(&mut out, address);
+        out.extend_from_slice(b",\"lines\":[");
+        for (i, line) in std::iter::once(first_line).chain(lines).enumerate() {
+            if i > 0 {
+                out.push(b',');
+            }
+            out.extend_from_slice(b"{\"sku\":");
+            json::push_str(&mut out, &[&line.sku]);
+            out.extend_from_slice(b",\"quantity\":");
+            json::push_i64(&mut out, line.quantity);
+            out.push(b'}');
+        }
+        out.extend_from_slice(b"]}");
+        each(KIND, out);
+    }
 }
 
-/// Calls `each(kind, payload)` with the JSON of every event of
-/// `requested(order)`, byte for byte, without cloning the order's text.
-pub fn requested_json(order: &ValidOrder<'_>, mut each: impl FnMut(&'static str, Vec<u8>)) {
-    /// Same fields in the same order as `FulfillmentEvent::FulfillmentRequested`.
-    #[derive(Serialize)]
-    struct RequestedRef<'a> {
-        #[serde(rename = "type")]
-        kind: &'static str,
-        event_id: EventId<'a>,
-        fulfillment_id: EventId<'a>,
-        order_id: &'a str,
-        address: &'a Address<'a>,
-        lines: LinesTo<'a>,
+/// An [`Address`] as its `Serialize` writes it: absent options skipped.
+fn push_address(out: &mut Vec<u8>, address: &Address<'_>) {
+    out.extend_from_slice(b"{\"name\":");
+    json::push_str(out, &[&address.name]);
+    out.extend_from_slice(b",\"line1\":");
+    json::push_str(out, &[&address.line1]);
+    if let Some(line2) = &address.line2 {
+        out.extend_from_slice(b",\"line2\":");
+        json::push_str(out, &[line2]);
     }
-    /// The lines of `order` shipping to `key`, as `FulfillmentLine`s.
-    struct LinesTo<'a> {
-        order: &'a ValidOrder<'a>,
-        key: &'a str,
+    out.extend_from_slice(b",\"city\":");
+    json::push_str(out, &[&address.city]);
+    if let Some(region) = &address.region {
+        out.extend_from_slice(b",\"region\":");
+        json::push_str(out, &[region]);
     }
-    impl Serialize for LinesTo<'_> {
-        fn serialize<S: serde::Serializer>(&self, serializer: S) -> Result<S::Ok, S::Error> {
-            #[derive(Serialize)]
-            struct LineRef<'a> {
-                sku: &'a str,
-                quantity: i64,
-            }
-            serializer.collect_seq(
-                self.order
-                    .lines
-                    .iter()
-                    .filter(|line| line.ship_to == self.key)
-                    .map(|line| LineRef {
-                        sku: &line.sku,
-                        quantity: line.quantity,
-                    }),
-            )
-        }
-    }
-    const KIND: &str = "fulfillment_requested";
-    for (key, address) in &order.addresses {
-        if !order.lines.iter().any(|line| line.ship_to == *key) {
-            continue;
-        }
-        let event = RequestedRef {
-            kind: KIND,
-            event_id: EventId(&[&order.order_id, "/", key, ":requested"]),
-            fulfillment_id: EventId(&[&order.order_id, "/", key]),
-            order_id: &order.order_id,
-            address,
-            lines: LinesTo { order, key },
-        };
-        each(KIND, to_json(&event));
-    }
+    out.extend_from_slice(b",\"postal_code\":");
+    json::push_str(out, &[&address.postal_code]);
+    out.extend_from_slice(b",\"country\":");
+    json::push_str(out, &[&address.country]);
+    out.push(b'}');
 }
 
 thread_local! {
@@ -286,7 +274,11 @@ pub fn format_time(t: OffsetDateTime) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::order::json::tests::TEXT;
     use crate::order::validate::{tests::sample_order, validate, Limits};
+    use crate::order::Line;
+    use proptest::prelude::*;
+    use std::collections::BTreeMap;
 
     #[test]
     fn one_fulfillment_per_address_with_text_unchanged() {
@@ -309,6 +301,33 @@ mod tests {
         );
     }
 
+    type Payloads = Vec<(&'static str, Vec<u8>)>;
+
+    /// The payloads of `requested_json`, then serde_json's of `requested`.
+    fn requested_both_ways(order: &ValidOrder<'_>) -> (Payloads, Payloads) {
+        let mut fast = Vec::new();
+        requested_json(order, |kind, payload| fast.push((kind, payload)));
+        let slow = requested(order)
+            .iter()
+            .map(|e| (e.kind(), serde_json::to_vec(e).unwrap()))
+            .collect();
+        (fast, slow)
+    }
+
+    /// `status_json`, then serde_json's JSON of the same `StatusEvent`.
+    fn status_both_ways(
+        order_id: &str,
+        status: Status,
+        rejection: Option<&Rejection>,
+        t: OffsetDateTime,
+    ) -> (Vec<u8>, Vec<u8>) {
+        let event = StatusEvent::new(order_id, status, rejection, t);
+        (
+            status_json(order_id, status, rejection, t),
+            serde_json::to_vec(&event).unwrap(),
+        )
+    }
+
     #[test]
     fn fast_payloads_are_byte_identical_to_the_event_types() {
         let t = OffsetDateTime::from_unix_timestamp_nanos(1_795_000_000_123_456_789).unwrap();
@@ -317,12 +336,7 @@ mod tests {
         home.name = "Zoë \"Bob\" \\ \u{7}\n🏠".into();
         home.region = Some("Bayern".into());
         let order = validate(order, &Limits::default()).unwrap();
-        let mut fast = Vec::new();
-        requested_json(&order, |kind, payload| fast.push((kind, payload)));
-        let slow: Vec<_> = requested(&order)
-            .iter()
-            .map(|e| (e.kind(), serde_json::to_vec(e).unwrap()))
-            .collect();
+        let (fast, slow) = requested_both_ways(&order);
         assert_eq!(fast, slow);
         let rejection = Rejection::new(Reason::PriceMismatch, "lines[0] \"x\" costs 1");
         for (status, rejection) in [
@@ -330,16 +344,73 @@ mod tests {
             (Status::Rejected, Some(&rejection)),
             (Status::Cancelled, None),
         ] {
-            let event = StatusEvent::new(&order.order_id, status, rejection, t);
-            assert_eq!(
-                status_json(&order.order_id, status, rejection, t),
-                serde_json::to_vec(&event).unwrap()
-            );
+            let (fast, slow) = status_both_ways(&order.order_id, status, rejection, t);
+            assert_eq!(fast, slow);
         }
         // The cached time follows the clock across milliseconds.
         let later = t + time::Duration::milliseconds(1);
         let json = status_json("o-1", Status::Accepted, None, later);
         assert!(String::from_utf8(json).unwrap().contains(".124Z"));
+    }
+
+    proptest! {
+        /// Any text in any field, absent or present options, any quantity:
+        /// the fast payloads stay byte for byte those of the event types.
+        #[test]
+        fn fast_payloads_match_for_any_text(
+            order_id in TEXT,
+            key in TEXT,
+            name in TEXT,
+            line2 in proptest::option::of(TEXT),
+            region in proptest::option::of(TEXT),
+            city in TEXT,
+            sku in TEXT,
+            quantity in any::<i64>(),
+            detail in TEXT,
+        ) {
+            let address = |name: &str| Address {
+                name: name.to_string().into(),
+                line1: "Rue de l'Église \"3\"".into(),
+                line2: line2.clone().map(Into::into),
+                city: city.clone().into(),
+                region: region.clone().map(Into::into),
+                postal_code: "75001".into(),
+                country: "FR".into(),
+            };
+            let line = |sku: &str, ship_to: &str| Line {
+                sku: sku.to_string().into(),
+                quantity,
+                unit_price_minor: 1,
+                ship_to: ship_to.to_string().into(),
+            };
+            // `key` ships two lines; "~other" one; "~unused" none.
+            let order = ValidOrder {
+                order_id: order_id.clone().into(),
+                customer_id: "c-1".into(),
+                placed_at: OffsetDateTime::UNIX_EPOCH,
+                currency: "EUR".into(),
+                lines: vec![line(&sku, &key), line("S-2", "~other"), line(&sku, &key)],
+                addresses: BTreeMap::from([
+                    (key.clone().into(), address(&name)),
+                    ("~other".into(), address("O'Brien")),
+                    ("~unused".into(), address("nobody")),
+                ]),
+                payments: Vec::new(),
+                total_minor: 0,
+                demand: Vec::new(),
+            };
+            let (fast, slow) = requested_both_ways(&order);
+            prop_assert_eq!(fast, slow);
+            let t = OffsetDateTime::from_unix_timestamp_nanos(1_795_000_000_123_456_789).unwrap();
+            let rejection = Rejection::new(Reason::InvalidOrder, detail);
+            for (status, rejection) in [
+                (Status::Accepted, None),
+                (Status::Rejected, Some(&rejection)),
+            ] {
+                let (fast, slow) = status_both_ways(&order_id, status, rejection, t);
+                prop_assert_eq!(fast, slow);
+            }
+        }
     }
 
     #[test]

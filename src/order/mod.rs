@@ -6,6 +6,7 @@
 pub mod codes;
 pub mod decode;
 pub mod events;
+mod json;
 pub mod validate;
 
 use serde::{Deserialize, Serialize};
