@@ -129,6 +129,32 @@ impl SourceShared {
         }
     }
 
+    /// Has the shards give back what revoked partitions held, and waits
+    /// until they did: a partition assigned again right after must not be
+    /// restored on top of holdings not yet given back (the inventory would
+    /// count them twice for a moment and refuse units it has).
+    fn release(&self, partitions: &[i32]) {
+        let (done, released) = crossbeam_channel::bounded(partitions.len());
+        let mut waiting = 0;
+        for partition in partitions {
+            let work = Work::Release {
+                partition: *partition,
+                done: done.clone(),
+            };
+            if self.dispatch(*partition, work) {
+                waiting += 1;
+            }
+        }
+        drop(done);
+        for _ in 0..waiting {
+            // A shard answers after the records queued before; one that
+            // stopped (its queue closed) dropped its `done`: an error here.
+            if released.recv().is_err() {
+                return;
+            }
+        }
+    }
+
     /// Reports the partitions owned after a rebalance and, with the whole
     /// stock, decides only while owning every partition.
     fn after_rebalance(&self, consumer: &BaseConsumer<SourceContext>) {
@@ -261,14 +287,7 @@ impl ConsumerContext for SourceContext {
             }
         }
         self.shared.forget(&partitions);
-        for partition in &partitions {
-            self.shared.dispatch(
-                *partition,
-                Work::Release {
-                    partition: *partition,
-                },
-            );
-        }
+        self.shared.release(&partitions);
         tracing::info!(?partitions, "partitions revoked");
     }
 

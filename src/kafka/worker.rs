@@ -26,8 +26,12 @@ pub enum Work {
     /// A partition this process now owns, with its restored book: sent
     /// before any of its records.
     Adopt { partition: i32, book: OrderBook },
-    /// A partition this process no longer owns: sent after its last record.
-    Release { partition: i32 },
+    /// A partition this process no longer owns: sent after its last record;
+    /// `done` hears once its holdings are given back.
+    Release {
+        partition: i32,
+        done: crossbeam_channel::Sender<()>,
+    },
 }
 
 pub struct Shard {
@@ -55,10 +59,11 @@ impl Shard {
                     books.insert(partition, book);
                     continue;
                 }
-                Ok(Work::Release { partition }) => {
+                Ok(Work::Release { partition, done }) => {
                     if let Some(book) = books.remove(&partition) {
                         engine::forget(self.engine.inventory(), &book);
                     }
+                    let _ = done.send(());
                     continue;
                 }
                 Err(RecvTimeoutError::Timeout) => {
