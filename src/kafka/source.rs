@@ -120,7 +120,30 @@ impl SourceShared {
 
     /// Restores the state of newly assigned partitions and hands it to
     /// their shards, ahead of their records.
+    ///
+    /// Outputs this process sent for a partition before it lost it (a
+    /// session that timed out during a broker outage, say) may still be on
+    /// their way: the restore must see them, or it would decide their
+    /// records again. So it first waits until they are acknowledged.
     fn adopt(&self, partitions: &[i32]) {
+        let mut logged = false;
+        while partitions
+            .iter()
+            .any(|p| self.tracker.waiting_outputs(*p) > 0)
+        {
+            if self.shutdown.is_triggered() {
+                return;
+            }
+            if !logged {
+                tracing::info!(
+                    ?partitions,
+                    "waiting for this process's earlier outputs before restoring"
+                );
+                logged = true;
+            }
+            std::thread::sleep(DRAIN_POLL);
+        }
+        self.forget(partitions);
         let Some(books) = self.recovery.restore(partitions, &self.shutdown) else {
             return; // shutdown: nothing more is decided
         };
@@ -274,7 +297,8 @@ impl ConsumerContext for SourceContext {
         if partitions.is_empty() {
             return;
         }
-        if !self.shared.drain(&partitions) {
+        let drained = self.shared.drain(&partitions);
+        if !drained {
             tracing::warn!(
                 ?partitions,
                 "revoked partitions still had undelivered outputs; committing what is done"
@@ -286,7 +310,11 @@ impl ConsumerContext for SourceContext {
                 telemetry::kafka_error("commit", &e.to_string());
             }
         }
-        self.shared.forget(&partitions);
+        // Undelivered outputs stay tracked: if a partition comes back, its
+        // restore waits for them (see `adopt`).
+        if drained {
+            self.shared.forget(&partitions);
+        }
         self.shared.release(&partitions);
         tracing::info!(?partitions, "partitions revoked");
     }

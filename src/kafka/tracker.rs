@@ -78,6 +78,14 @@ impl OffsetTracker {
             .sum()
     }
 
+    /// Outputs of `partition` sent and not yet acknowledged.
+    pub fn waiting_outputs(&self, partition: i32) -> usize {
+        self.partitions
+            .lock()
+            .get(&partition)
+            .map_or(0, |p| p.waiting.values().map(|n| *n as usize).sum())
+    }
+
     /// Forgets a partition (after it was revoked and committed).
     pub fn forget(&self, partition: i32) {
         self.partitions.lock().remove(&partition);
@@ -123,7 +131,12 @@ mod tests {
         tracker.begin(0, 10, 2);
         tracker.begin(0, 11, 0);
         tracker.begin(0, 12, 1);
+        tracker.begin(1, 5, 1);
         assert_eq!(tracker.committable(0), Some(10));
+        assert_eq!(
+            (tracker.waiting_outputs(0), tracker.waiting_outputs(1)),
+            (3, 1)
+        );
         tracker.delivered(0, 12);
         assert_eq!(tracker.committable(0), Some(10), "12 is done but 10 is not");
         tracker.delivered(0, 10);
@@ -134,6 +147,9 @@ mod tests {
         );
         tracker.delivered(0, 10);
         assert_eq!(tracker.committable(0), Some(13));
+        assert_eq!(tracker.waiting_outputs(0), 0);
+        assert_eq!(tracker.pending_outputs(), 1, "partition 1 still waits");
+        tracker.forget(1);
         assert_eq!(tracker.pending_outputs(), 0);
     }
 
