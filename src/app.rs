@@ -6,8 +6,9 @@ use crate::engine::Engine;
 use crate::inventory::Inventory;
 use crate::kafka::recovery::Recovery;
 use crate::kafka::source::{self, SourceContext, SourceSetup, SourceShared};
+use crate::kafka::transaction::{self, Next};
 use crate::kafka::StartError;
-use crate::kafka::{self, inventory_feed, sink::Sink, tracker::OffsetTracker, worker::Shard};
+use crate::kafka::{self, inventory_feed, tracker::OffsetTracker, worker::Shard};
 pub use crate::shutdown::Shutdown;
 use crate::telemetry;
 pub use crate::telemetry::Readiness;
@@ -72,7 +73,9 @@ pub async fn shutdown_on_signal(shutdown: Shutdown) {
 }
 
 /// Runs the processor until `shutdown` is triggered, then finishes in-flight
-/// records, flushes outputs and commits offsets.
+/// records, flushes outputs and commits offsets. An error after start-up
+/// means a transaction failed: the processor stopped so that a restart
+/// restores its state from what was committed.
 pub fn run(config: Config, shutdown: Shutdown) -> anyhow::Result<()> {
     let readiness = Readiness::new(&shutdown);
     run_with_readiness(config, shutdown, &readiness)
@@ -86,14 +89,10 @@ pub fn run_with_readiness(
     readiness: &Readiness,
 ) -> anyhow::Result<()> {
     let tracker = Arc::new(OffsetTracker::new());
-    let sink = Arc::new(
-        Sink::new(
-            kafka::producer_config(&config.kafka),
-            tracker.clone(),
-            config.kafka.max_dlq_payload_bytes,
-        )
-        .context("creating the producer")?,
-    );
+    // Before anything is sent: with transactions, every send needs one open.
+    let (sink, transactions) =
+        transaction::start_sink(&config, tracker.clone()).context("creating the producer")?;
+    let transactional = transactions.is_some();
     let inventory = Arc::new(Inventory::new());
     let feed = inventory_feed::start(&config, inventory.clone(), sink.clone(), shutdown.clone())
         .context("reading the inventory topic")?;
@@ -128,10 +127,11 @@ pub fn run_with_readiness(
             whole: !config.engine.split_by_partition(),
             readiness: readiness.clone(),
             shutdown: shutdown.clone(),
+            transactions,
         },
     ));
     let consumer: BaseConsumer<SourceContext> =
-        kafka::consumer_config(&config.kafka, &config.kafka.group_id)
+        kafka::orders_consumer_config(&config.kafka, transactional)
             .create_with_context(SourceContext {
                 shared: shared.clone(),
             })
@@ -146,7 +146,8 @@ pub fn run_with_readiness(
         config.metrics.watched_skus.clone(),
         shutdown.clone(),
     );
-    tracing::info!(shards = config.engine.shards, brokers = %config.kafka.brokers, "processing orders");
+    tracing::info!(shards = config.engine.shards, brokers = %config.kafka.brokers,
+        transactional, "processing orders");
 
     source::run(
         &consumer,
@@ -161,22 +162,31 @@ pub fn run_with_readiness(
     for shard in shards {
         let _ = shard.join();
     }
-    // Follow-ups are queued only once their status is acknowledged, so one
-    // flush is not enough: wait until every output is acknowledged.
-    let deadline = Instant::now() + Duration::from_millis(config.engine.shutdown_timeout_ms);
-    while tracker.pending_outputs() > 0 && Instant::now() < deadline {
-        let _ = sink.flush(FLUSH_STEP);
+    if transactional {
+        // The last transaction: waits for every output, commits the
+        // offsets with it, and begins none (a failure is returned below).
+        shared.commit_transaction(&consumer, Next::Finish);
+    } else {
+        // Follow-ups are queued only once their status is acknowledged, so
+        // one flush is not enough: wait until every output is acknowledged.
+        let deadline = Instant::now() + Duration::from_millis(config.engine.shutdown_timeout_ms);
+        while tracker.pending_outputs() > 0 && Instant::now() < deadline {
+            let _ = sink.flush(FLUSH_STEP);
+        }
+        if tracker.pending_outputs() > 0 {
+            tracing::warn!(
+                pending = tracker.pending_outputs(),
+                "not every output was acknowledged; their records stay uncommitted"
+            );
+        }
+        source::commit_final(&consumer);
     }
-    if tracker.pending_outputs() > 0 {
-        tracing::warn!(
-            pending = tracker.pending_outputs(),
-            "not every output was acknowledged; their records stay uncommitted"
-        );
-    }
-    source::commit_final(&consumer);
     consumer.unsubscribe();
     let _ = feed.join();
     let _ = gauges.join();
+    if let Some(failure) = shared.take_failure() {
+        return Err(failure.into());
+    }
     tracing::info!("stopped");
     Ok(())
 }

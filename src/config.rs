@@ -41,6 +41,13 @@ pub struct KafkaConfig {
     /// Dead-letter values above this size are left out (the broker would
     /// refuse them); headers still point at the original record.
     pub max_dlq_payload_bytes: usize,
+    /// "auto": Kafka transactions if the brokers can commit one (probed at
+    /// start), else without; "on": transactions or refuse to start; "off":
+    /// never (docs/architecture.md, "Where each guarantee holds").
+    pub transactions: String,
+    /// The producer's `transactional.id`; `{group_id}`, `{hostname}` and
+    /// `{pid}` are replaced. Must be unique per live instance.
+    pub transactional_id: String,
     /// librdkafka properties for every client.
     pub properties: BTreeMap<String, String>,
     /// librdkafka properties for consumers only.
@@ -71,6 +78,22 @@ pub struct EngineConfig {
     /// only while it owns every partition of `orders`. "partition": each
     /// partition sells its quota, so instances can share a sale.
     pub stock_split: String,
+}
+
+impl KafkaConfig {
+    /// `transactional_id` with its placeholders replaced.
+    pub fn transactional_id(&self) -> String {
+        let hostname = std::fs::read_to_string("/proc/sys/kernel/hostname")
+            .ok()
+            .or_else(|| std::env::var("HOSTNAME").ok())
+            .map(|h| h.trim().to_string())
+            .filter(|h| !h.is_empty())
+            .unwrap_or_else(|| "localhost".into());
+        self.transactional_id
+            .replace("{group_id}", &self.group_id)
+            .replace("{hostname}", &hostname)
+            .replace("{pid}", &std::process::id().to_string())
+    }
 }
 
 impl EngineConfig {
@@ -438,6 +461,16 @@ impl Config {
             "kafka.auto_offset_reset",
             "must be \"earliest\" or \"latest\"",
         );
+        check(
+            ["auto", "on", "off"].contains(&self.kafka.transactions.as_str()),
+            "kafka.transactions",
+            "must be \"auto\" (if the brokers support them), \"on\" or \"off\"",
+        );
+        check(
+            !self.kafka.transactional_id.is_empty(),
+            "kafka.transactional_id",
+            "must not be empty",
+        );
         let topics = [
             ("topics.orders", &self.topics.orders),
             ("topics.inventory", &self.topics.inventory),
@@ -629,6 +662,24 @@ mod tests {
         assert!(
             text[1].starts_with("metrics.listen: must be an IP:port"),
             "{text:?}"
+        );
+    }
+
+    #[test]
+    fn transactions_setting_is_checked_and_the_id_expanded() {
+        let config = Config::defaults();
+        assert_eq!(config.kafka.transactions, "auto");
+        let id = config.kafka.transactional_id();
+        assert!(id.starts_with("orderflow-"), "{id}");
+        assert!(id.ends_with(&format!("-{}", std::process::id())), "{id}");
+        assert!(!id.contains('{'), "{id}");
+        let mut layers = Layers::defaults();
+        layers.flag("kafka.transactions=maybe");
+        let errors = layers.build().unwrap_err().to_string();
+        assert!(
+            errors.starts_with("kafka.transactions: must be \"auto\"")
+                && errors.contains("(from flag --set)"),
+            "{errors}"
         );
     }
 

@@ -202,16 +202,7 @@ fn setup() -> Broker {
     inventory.push(
         json!({"type": "stock_set", "sku": "HOT", "available": HOT_STOCK, "prices": {"USD": 999}}),
     );
-    let records: Vec<_> = inventory
-        .iter()
-        .map(|v| {
-            (
-                Some(v["sku"].as_str().unwrap().as_bytes().to_vec()),
-                serde_json::to_vec(v).unwrap(),
-            )
-        })
-        .collect();
-    broker.produce("inventory", &records);
+    broker.produce("inventory", &common::inventory_records(&inventory));
     broker
 }
 

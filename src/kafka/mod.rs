@@ -10,6 +10,7 @@
 //! - [`catch_up`]: reading a whole topic before deciding anything.
 //! - [`sink`]: the producer, with delivery tracking and redelivery.
 //! - [`tracker`]: which consumed offsets are safe to commit.
+//! - [`transaction`]: Kafka transactions where the brokers support them.
 
 pub mod catch_up;
 pub mod inventory_feed;
@@ -17,6 +18,7 @@ pub mod recovery;
 pub mod sink;
 pub mod source;
 pub mod tracker;
+pub mod transaction;
 pub mod worker;
 
 use crate::config::KafkaConfig;
@@ -80,14 +82,28 @@ pub fn consumer_config(kafka: &KafkaConfig, group_id: &str) -> ClientConfig {
     config
 }
 
+/// Config for the `orders` consumer of the processor's group. With Kafka
+/// transactions, consumed offsets are committed inside each transaction
+/// (`send_offsets_to_transaction`), never by the consumer itself.
+pub fn orders_consumer_config(kafka: &KafkaConfig, transactional: bool) -> ClientConfig {
+    let mut config = consumer_config(kafka, &kafka.group_id);
+    if transactional {
+        config.set("enable.auto.commit", "false");
+    }
+    config
+}
+
 /// Config for a consumer that reads whole topics on its own (inventory
-/// feed, restore): no group commits, and no statistics (the default
-/// context would log them).
+/// feed, restore): no group commits, no statistics (the default context
+/// would log them), and committed records only: a status of an aborted or
+/// still open transaction is no decision (librdkafka's default, made
+/// explicit because restoring depends on it).
 pub fn reader_config(kafka: &KafkaConfig, group_id: &str) -> ClientConfig {
     let mut config = consumer_config(kafka, group_id);
     config
         .set("enable.auto.commit", "false")
-        .set("statistics.interval.ms", "0");
+        .set("statistics.interval.ms", "0")
+        .set("isolation.level", "read_committed");
     config
 }
 

@@ -12,16 +12,23 @@
 //! A record whose delivery failed after librdkafka's own retries is sent
 //! again with exponential backoff and jitter; its source offset stays
 //! uncommitted until it is acknowledged, so nothing is dropped.
+//!
+//! With Kafka transactions (see `transaction`) every send goes into the
+//! open transaction, behind a [`Gate`] that a commit closes while it runs.
+//! A failed delivery is then not sent again: it dooms the transaction,
+//! which is aborted at its commit, and the processor stops.
 
 use super::tracker::{token, OffsetTracker};
 use crate::order::decode::DeadLetter;
 use crate::telemetry;
 use crossbeam_channel::{Receiver, Sender};
+use parking_lot::{RwLock, RwLockReadGuard, RwLockWriteGuard};
 use rand::Rng;
 use rdkafka::error::{KafkaError, RDKafkaErrorCode};
 use rdkafka::message::{Header, Message, OwnedHeaders};
 use rdkafka::producer::{BaseRecord, DeliveryResult, Producer, ProducerContext, ThreadedProducer};
 use rdkafka::{ClientConfig, ClientContext};
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Weak};
 use std::time::Duration;
 
@@ -51,10 +58,74 @@ pub struct Delivery {
 
 type Resend = (Outgoing, Box<Delivery>);
 
+/// Where the transaction of a transactional sink stands.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum TxnState {
+    /// Not begun yet (start-up), or between a commit and the next begin.
+    Idle,
+    /// Sends go into it.
+    Open,
+    /// Committed at shutdown, or aborted after a failure: sends are
+    /// dropped (they would belong to no transaction).
+    Finished,
+}
+
+/// The open transaction of a transactional sink. Sends hold it shared
+/// while they enqueue; a commit holds it exclusively, so no record lands
+/// between the commit and the next begin.
+#[derive(Debug)]
+pub struct Gate {
+    state: RwLock<TxnState>,
+    /// A record of the open transaction could not be sent or delivered:
+    /// the transaction can only be aborted.
+    doomed: AtomicBool,
+}
+
+impl Gate {
+    fn new() -> Self {
+        Gate {
+            state: RwLock::new(TxnState::Idle),
+            doomed: AtomicBool::new(false),
+        }
+    }
+
+    /// Shared access while the transaction is open; `None` otherwise.
+    fn open(&self) -> Option<RwLockReadGuard<'_, TxnState>> {
+        let state = self.state.read();
+        (*state == TxnState::Open).then_some(state)
+    }
+
+    /// Exclusive access, for committing, aborting and beginning.
+    pub fn exclusive(&self) -> RwLockWriteGuard<'_, TxnState> {
+        self.state.write()
+    }
+
+    pub fn state(&self) -> TxnState {
+        *self.state.read()
+    }
+
+    /// Whether a record of the open transaction was lost.
+    pub fn doomed(&self) -> bool {
+        self.doomed.load(Ordering::Acquire)
+    }
+
+    fn doom(&self) {
+        self.doomed.store(true, Ordering::Release);
+    }
+
+    /// A new transaction starts with nothing lost.
+    pub fn reset_doom(&self) {
+        self.doomed.store(false, Ordering::Release);
+    }
+}
+
 pub struct SinkContext {
     tracker: Arc<OffsetTracker>,
     failed: Sender<Resend>,
     follow_ups: Sender<Resend>,
+    /// Transactional mode: failed deliveries doom the transaction instead
+    /// of being sent again.
+    gate: Option<Arc<Gate>>,
 }
 
 impl ClientContext for SinkContext {
@@ -83,6 +154,12 @@ impl ProducerContext for SinkContext {
             }
             Err((error, message)) => {
                 telemetry::kafka_error(error_kind(error), &error.to_string());
+                if let Some(gate) = &self.gate {
+                    // librdkafka will refuse to commit this transaction;
+                    // re-sending into it cannot help.
+                    gate.doom();
+                    return;
+                }
                 let again = Outgoing {
                     topic: message.topic().to_string(),
                     // A status keeps the partition it was sent to; for the
@@ -118,6 +195,8 @@ pub struct Sink {
     producer: Arc<ThreadedProducer<SinkContext>>,
     /// Dead-letter values larger than this are left out (see `send_dead_letter`).
     max_dlq_payload_bytes: usize,
+    /// Transactional mode only; `None` keeps sends free of any lock.
+    gate: Option<Arc<Gate>>,
 }
 
 /// One header of a dead-letter record.
@@ -125,19 +204,24 @@ pub type HeaderPair<'a> = (&'a str, &'a [u8]);
 
 impl Sink {
     /// Creates the producer from `config` (idempotent, so librdkafka's
-    /// retries never duplicate or reorder).
+    /// retries never duplicate or reorder). With a `transactional.id` in
+    /// `config`, `transactional` must be true: sends then wait for an open
+    /// transaction (see `transaction`).
     pub fn new(
         mut config: ClientConfig,
         tracker: Arc<OffsetTracker>,
         max_dlq_payload_bytes: usize,
+        transactional: bool,
     ) -> Result<Sink, KafkaError> {
         config.set("enable.idempotence", "true");
+        let gate = transactional.then(|| Arc::new(Gate::new()));
         let (failed_tx, failed_rx) = crossbeam_channel::unbounded();
         let (follow_tx, follow_rx) = crossbeam_channel::unbounded();
         let context = SinkContext {
             tracker,
             failed: failed_tx,
             follow_ups: follow_tx,
+            gate: gate.clone(),
         };
         let producer: ThreadedProducer<SinkContext> = config.create_with_context(context)?;
         let producer = Arc::new(producer);
@@ -148,15 +232,22 @@ impl Sink {
             ("follow-ups", follow_rx, false),
         ] {
             let weak = Arc::downgrade(&producer);
+            let gate = gate.clone();
             std::thread::Builder::new()
                 .name(name.into())
-                .spawn(move || resend(&weak, &queue, backoff))
+                .spawn(move || resend(&weak, gate.as_deref(), &queue, backoff))
                 .expect("spawning a thread");
         }
         Ok(Sink {
             producer,
             max_dlq_payload_bytes,
+            gate,
         })
+    }
+
+    /// The producer and its gate, in transactional mode.
+    pub fn transactional(&self) -> Option<(&ThreadedProducer<SinkContext>, &Gate)> {
+        self.gate.as_deref().map(|gate| (&*self.producer, gate))
     }
 
     /// Enqueues one record; waits only while librdkafka's queue is full.
@@ -166,7 +257,8 @@ impl Sink {
 
     /// Enqueues `record`; `then` is sent once it is acknowledged.
     pub fn send_then(&self, record: Outgoing, token: usize, then: Vec<Outgoing>) {
-        send_until_queued(&self.producer, &record, Box::new(Delivery { token, then }));
+        let delivery = Box::new(Delivery { token, then });
+        send_until_queued(&self.producer, self.gate.as_deref(), &record, delivery);
     }
 
     /// Sends an input record unchanged to the dead-letter topic, with the
@@ -235,9 +327,24 @@ pub fn owned_headers(headers: &[HeaderPair<'_>]) -> OwnedHeaders {
 
 fn send_until_queued(
     producer: &ThreadedProducer<SinkContext>,
+    gate: Option<&Gate>,
     record: &Outgoing,
     delivery: Box<Delivery>,
 ) {
+    // Held until the record is queued, so a commit cannot run in between.
+    let _open = match gate {
+        None => None,
+        Some(gate) => match gate.open() {
+            Some(open) => Some(open),
+            None => {
+                // The transaction was aborted (the processor is stopping)
+                // or committed for the last time: this record belongs to
+                // no transaction, and its source record stays uncommitted.
+                tracing::debug!(topic = %record.topic, "not sent: no open transaction");
+                return;
+            }
+        },
+    };
     let mut base = BaseRecord::with_opaque_to(&record.topic, delivery);
     if let Some(partition) = record.partition {
         base = base.partition(partition);
@@ -262,6 +369,12 @@ fn send_until_queued(
                 // Not retryable locally (e.g. too large for the broker): count
                 // it and keep trying with the longest backoff, never dropping.
                 telemetry::kafka_error(error_kind(&error), &error.to_string());
+                if let Some(gate) = gate {
+                    // In a transaction: it will be aborted, and the
+                    // processor stops (see `transaction`).
+                    gate.doom();
+                    return;
+                }
                 base = returned;
                 std::thread::sleep(REDELIVERY_BACKOFF_MAX);
             }
@@ -271,7 +384,12 @@ fn send_until_queued(
 
 /// Sends records from `queue` until the producer is gone; with `backoff`,
 /// waits exponentially longer (with jitter) while failures keep coming.
-fn resend(producer: &Weak<ThreadedProducer<SinkContext>>, queue: &Receiver<Resend>, backoff: bool) {
+fn resend(
+    producer: &Weak<ThreadedProducer<SinkContext>>,
+    gate: Option<&Gate>,
+    queue: &Receiver<Resend>,
+    backoff: bool,
+) {
     let mut wait = REDELIVERY_BACKOFF_MIN;
     while let Ok((record, delivery)) = queue.recv() {
         if backoff {
@@ -286,6 +404,6 @@ fn resend(producer: &Weak<ThreadedProducer<SinkContext>>, queue: &Receiver<Resen
         let Some(producer) = producer.upgrade() else {
             return;
         };
-        send_until_queued(&producer, &record, delivery);
+        send_until_queued(&producer, gate, &record, delivery);
     }
 }

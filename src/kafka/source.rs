@@ -11,6 +11,11 @@
 //! rebalance, the consumer waits until what it dispatched for them is
 //! delivered and commits it, so the next owner starts where this one ended.
 //!
+//! With Kafka transactions (see `transaction`), the consumer instead stops
+//! dispatching every `engine.commit_interval_ms`, before partitions are
+//! revoked and at shutdown, waits until everything dispatched is decided
+//! and acknowledged, and commits the offsets inside the transaction.
+//!
 //! When partitions are assigned, their state is restored from the status
 //! topic (see `recovery`) and handed to their shards before any of their
 //! records; when they are revoked, their shards give back what they held.
@@ -20,6 +25,7 @@
 
 use super::recovery::Recovery;
 use super::tracker::OffsetTracker;
+use super::transaction::{Next, TransactionError, Transactions};
 use super::worker::Work;
 use crate::shutdown::Shutdown;
 use crate::telemetry::{self, Readiness};
@@ -72,6 +78,10 @@ pub struct SourceShared {
     whole: bool,
     readiness: Readiness,
     shutdown: Shutdown,
+    /// Kafka transactions, if on: offsets are committed inside them.
+    transactions: Option<Transactions>,
+    /// Why the processor must stop: a transaction failed and was aborted.
+    failure: Mutex<Option<TransactionError>>,
 }
 
 /// What the source needs besides the tracker.
@@ -84,6 +94,7 @@ pub struct SourceSetup {
     pub whole: bool,
     pub readiness: Readiness,
     pub shutdown: Shutdown,
+    pub transactions: Option<Transactions>,
 }
 
 impl SourceShared {
@@ -99,6 +110,90 @@ impl SourceShared {
             whole: setup.whole,
             readiness: setup.readiness,
             shutdown: setup.shutdown,
+            transactions: setup.transactions,
+            failure: Mutex::new(None),
+        }
+    }
+
+    /// Whether offsets are committed inside Kafka transactions.
+    pub fn transactional(&self) -> bool {
+        self.transactions.is_some()
+    }
+
+    /// The error that stopped the processor, if a transaction failed.
+    pub fn take_failure(&self) -> Option<TransactionError> {
+        self.failure.lock().take()
+    }
+
+    /// Transactional mode: waits until every dispatched record is decided
+    /// and all outputs are acknowledged, then commits the transaction with
+    /// the consumed offsets and begins the next (unless `next` is
+    /// `Finish`). A failure aborts it, is kept for [`Self::take_failure`]
+    /// and triggers shutdown; returns false then (and after any failure).
+    pub fn commit_transaction(&self, consumer: &BaseConsumer<SourceContext>, next: Next) -> bool {
+        let Some(transactions) = &self.transactions else {
+            return true;
+        };
+        if self.failure.lock().is_some() {
+            return false;
+        }
+        if !transactions.is_open() {
+            return true; // finished at shutdown
+        }
+        let offsets = match self.settle(transactions) {
+            Ok(()) => self.committable(None),
+            Err(cause) => {
+                self.fail(transactions.abort(&cause));
+                return false;
+            }
+        };
+        match transactions.commit(&offsets, consumer.group_metadata().as_ref(), next) {
+            Ok(()) if next == Next::Finish => {
+                let offsets: Vec<String> = offsets
+                    .elements()
+                    .iter()
+                    .map(|e| format!("{}:{}", e.partition(), e.offset().to_raw().unwrap_or(-1)))
+                    .collect();
+                tracing::info!(
+                    offsets = %offsets.join(","),
+                    "last transaction committed, with the next offset to read per partition"
+                );
+                true
+            }
+            Ok(()) => true,
+            Err(error) => {
+                self.fail(error);
+                false
+            }
+        }
+    }
+
+    /// Keeps `error` for [`Self::take_failure`] and stops the processor.
+    fn fail(&self, error: TransactionError) {
+        tracing::error!(%error, "stopping");
+        *self.failure.lock() = Some(error);
+        self.shutdown.trigger();
+    }
+
+    /// Waits until every dispatched record is decided and every output of
+    /// the transaction acknowledged, or says why it cannot be committed.
+    fn settle(&self, transactions: &Transactions) -> Result<(), String> {
+        let deadline = Instant::now() + transactions.timeout();
+        loop {
+            if transactions.doomed() {
+                return Err("an output could not be delivered".into());
+            }
+            let partitions: Vec<i32> = self.dispatched.lock().keys().copied().collect();
+            if self.drained(&partitions) && self.tracker.pending_outputs() == 0 {
+                return Ok(());
+            }
+            if Instant::now() >= deadline {
+                return Err(format!(
+                    "outputs still unacknowledged after the transaction timeout of {} ms",
+                    transactions.timeout().as_millis()
+                ));
+            }
+            std::thread::sleep(super::transaction::SETTLE_POLL);
         }
     }
 
@@ -230,17 +325,7 @@ impl SourceShared {
     fn drain(&self, partitions: &[i32]) -> bool {
         let deadline = Instant::now() + self.drain_timeout;
         loop {
-            let done = {
-                let dispatched = self.dispatched.lock();
-                partitions.iter().all(|p| match dispatched.get(p) {
-                    Some(last) => self
-                        .tracker
-                        .committable(*p)
-                        .is_some_and(|next| next > *last),
-                    None => true,
-                })
-            };
-            if done {
+            if self.drained(partitions) {
                 return true;
             }
             if Instant::now() >= deadline {
@@ -248,6 +333,19 @@ impl SourceShared {
             }
             std::thread::sleep(DRAIN_POLL);
         }
+    }
+
+    /// Whether every dispatched record of `partitions` is decided and its
+    /// outputs acknowledged.
+    fn drained(&self, partitions: &[i32]) -> bool {
+        let dispatched = self.dispatched.lock();
+        partitions.iter().all(|p| match dispatched.get(p) {
+            Some(last) => self
+                .tracker
+                .committable(*p)
+                .is_some_and(|next| next > *last),
+            None => true,
+        })
     }
 
     fn forget(&self, partitions: &[i32]) {
@@ -297,19 +395,28 @@ impl ConsumerContext for SourceContext {
         if partitions.is_empty() {
             return;
         }
-        let drained = self.shared.drain(&partitions);
-        if !drained {
-            tracing::warn!(
-                ?partitions,
-                "revoked partitions still had undelivered outputs; committing what is done"
-            );
-        }
-        let tpl = self.shared.committable(Some(&partitions));
-        if tpl.count() > 0 {
-            if let Err(e) = consumer.commit(&tpl, CommitMode::Sync) {
-                telemetry::kafka_error("commit", &e.to_string());
+        let drained = if self.shared.transactional() {
+            // Everything dispatched, of every partition, commits now, with
+            // the generation that still owns the revoked ones. On failure
+            // the processor stops (see `commit_transaction`).
+            self.shared.commit_transaction(consumer, Next::Begin);
+            true
+        } else {
+            let drained = self.shared.drain(&partitions);
+            if !drained {
+                tracing::warn!(
+                    ?partitions,
+                    "revoked partitions still had undelivered outputs; committing what is done"
+                );
             }
-        }
+            let tpl = self.shared.committable(Some(&partitions));
+            if tpl.count() > 0 {
+                if let Err(e) = consumer.commit(&tpl, CommitMode::Sync) {
+                    telemetry::kafka_error("commit", &e.to_string());
+                }
+            }
+            drained
+        };
         // Undelivered outputs stay tracked: if a partition comes back, its
         // restore waits for them (see `adopt`).
         if drained {
@@ -335,9 +442,11 @@ impl ConsumerContext for SourceContext {
     }
 }
 
-/// Polls `orders` and dispatches records to shards until shutdown.
+/// Polls `orders` and dispatches records to shards until shutdown (or a
+/// failed transaction).
 pub fn run(consumer: &BaseConsumer<SourceContext>, shutdown: &Shutdown, commit_interval: Duration) {
     let shared = consumer.context().shared.clone();
+    let transactional = shared.transactional();
     let mut last_store = Instant::now();
     while !shutdown.is_triggered() {
         match consumer.poll(POLL_TIMEOUT) {
@@ -349,13 +458,13 @@ pub fn run(consumer: &BaseConsumer<SourceContext>, shutdown: &Shutdown, commit_i
                     value: message.payload().map(<[u8]>::to_vec),
                     received: quanta::Instant::now(),
                 };
-                shared
-                    .dispatched
-                    .lock()
-                    .insert(record.partition, record.offset);
-                if !shared.dispatch(record.partition, Work::Record(record)) {
+                let (partition, offset) = (record.partition, record.offset);
+                if !shared.dispatch(partition, Work::Record(record)) {
                     break;
                 }
+                // Only records a shard got: a transaction's commit waits
+                // for every one of them.
+                shared.dispatched.lock().insert(partition, offset);
             }
             Some(Err(error)) => {
                 telemetry::kafka_error(super::sink::error_kind(&error), &error.to_string())
@@ -363,7 +472,11 @@ pub fn run(consumer: &BaseConsumer<SourceContext>, shutdown: &Shutdown, commit_i
             None => {}
         }
         if last_store.elapsed() >= commit_interval {
-            store_offsets(consumer);
+            if !transactional {
+                store_offsets(consumer);
+            } else if !shared.commit_transaction(consumer, Next::Begin) {
+                break;
+            }
             last_store = Instant::now();
         }
     }

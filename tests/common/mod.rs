@@ -331,8 +331,13 @@ impl Processor {
     /// Starts `orderflow run` logic with the defaults, the broker's address,
     /// metrics off, and `overrides` (`section.key=value`).
     pub fn start(broker: &Broker, overrides: &[&str]) -> Processor {
+        Self::start_at(&broker.addr(), overrides)
+    }
+
+    /// [`Processor::start`] against any brokers (a MockCluster).
+    pub fn start_at(brokers: &str, overrides: &[&str]) -> Processor {
         let mut flags = vec![
-            format!("kafka.brokers={}", broker.addr()),
+            format!("kafka.brokers={brokers}"),
             "metrics.enabled=false".to_string(),
         ];
         flags.extend(overrides.iter().map(|s| s.to_string()));
@@ -417,6 +422,19 @@ pub fn header(message: &OwnedMessage, name: &str) -> Option<String> {
         .find(|h| h.key == name)
         .and_then(|h| h.value)
         .map(|v| String::from_utf8_lossy(v).into_owned())
+}
+
+/// Inventory events as records keyed by their SKU.
+pub fn inventory_records(events: &[serde_json::Value]) -> Vec<(Option<Vec<u8>>, Vec<u8>)> {
+    events
+        .iter()
+        .map(|v| {
+            (
+                Some(v["sku"].as_str().expect("a sku").as_bytes().to_vec()),
+                serde_json::to_vec(v).unwrap(),
+            )
+        })
+        .collect()
 }
 
 pub fn json(message: &OwnedMessage) -> serde_json::Value {
