@@ -7,13 +7,16 @@
 //! - [`order`]: the contract's wire types, decoding of raw records,
 //!   validation rules and output events. Pure: no Kafka, no I/O.
 //! - [`inventory`]: the stock cache shared by all shards; reservations are
-//!   all-or-nothing and can never oversell.
+//!   all-or-nothing and can never oversell, also across instances, where
+//!   each partition sells its quota of a SKU.
 //! - [`engine`]: one record in, an outcome and output events out, with the
 //!   per-partition order book that dedups and remembers accepted orders.
-//! - [`kafka`]: the source (consumer, inventory feed), the shards that run
-//!   the engine, and the sink (producer with delivery tracking, DLQ).
+//! - [`kafka`]: the source (consumer, rebalances, inventory feed), the
+//!   shards that run the engine, the sink (producer with delivery tracking,
+//!   DLQ) and Kafka transactions where the brokers have them.
 //! - [`state`]: the changelog written beside each status, and the restore
-//!   that rebuilds books and reservations from it after a restart.
+//!   that rebuilds a partition's book and holdings from it whenever this
+//!   process is assigned the partition.
 //! - [`telemetry`]: every metric name, help text and bucket in one place,
 //!   and the `/metrics`, `/health` and `/ready` endpoints.
 //! - [`app`]: wires it all together for `orderflow run`.

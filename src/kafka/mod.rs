@@ -6,7 +6,8 @@
 //! - [`worker`]: a shard thread running the engine over its records.
 //! - [`inventory_feed`]: reads `inventory` to its end before orders are
 //!   decided, then keeps the cache current.
-//! - [`recovery`]: rebuilds books and reservations from the status topic.
+//! - [`recovery`]: rebuilds a partition's book and holdings from its part of
+//!   the status topic each time the partition is assigned.
 //! - [`catch_up`]: reading a whole topic before deciding anything.
 //! - [`sink`]: the producer, with delivery tracking and redelivery.
 //! - [`tracker`]: which consumed offsets are safe to commit.
