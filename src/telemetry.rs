@@ -115,7 +115,7 @@ pub const PROCESSING_BUCKETS: [f64; 18] = [
     0.25, 0.5, 1.0, 5.0,
 ];
 
-/// `outcome` values of `orderflow_orders_total`, in [`Handles::outcomes`] order.
+/// `outcome` values of `orderflow_orders_total`, in the order of `Handles::outcomes`.
 pub const OUTCOMES: [&str; 5] = ["accepted", "rejected", "cancelled", "duplicate", "dlq"];
 /// `type` values of `orderflow_fulfillments_total`.
 pub const FULFILLMENT_TYPES: [&str; 2] = ["fulfillment_requested", "fulfillment_cancelled"];
