@@ -20,13 +20,12 @@ mod support;
 
 use criterion::{Criterion, Throughput};
 use hdrhistogram::Histogram;
-use orderflow::engine::{Engine, OrderBook, Output};
+use orderflow::engine::{Engine, OrderBook};
 use orderflow::inventory::Inventory;
 use orderflow::order::validate::Limits;
 use std::sync::{Arc, Barrier};
 use std::time::{Duration, Instant};
-use support::{Record, Skus};
-use time::OffsetDateTime;
+use support::{Lane, Record, Skus};
 
 /// Records each lane cycles through. Larger than the book, so a record's
 /// order has been forgotten by the time it comes round again: every record
@@ -43,55 +42,6 @@ const ROUNDS: usize = 7;
 const ROUND_CASE_TIME: Duration = Duration::from_millis(400);
 /// Orders per Redis pipeline in the pipelined peer case.
 const REDIS_PIPELINE: usize = 64;
-
-/// One shard's worth of work: its own book, cycling over its own records.
-struct Lane {
-    engine: Arc<Engine>,
-    book: OrderBook,
-    records: Arc<Vec<Record>>,
-    next: usize,
-    offset: i64,
-    out: Vec<Output>,
-    now: OffsetDateTime,
-}
-
-impl Lane {
-    fn new(engine: Arc<Engine>, records: Arc<Vec<Record>>, capacity: usize) -> Lane {
-        Lane {
-            engine,
-            book: OrderBook::new(capacity),
-            records,
-            next: 0,
-            offset: 0,
-            out: Vec::new(),
-            // Ten milliseconds after the orders' placed_at.
-            now: OffsetDateTime::from_unix_timestamp_nanos(1_795_435_200_133_000_000).unwrap(),
-        }
-    }
-
-    fn run(&mut self, n: u64) {
-        for _ in 0..n {
-            self.one();
-        }
-    }
-
-    #[inline]
-    fn one(&mut self) {
-        let (key, value) = &self.records[self.next];
-        self.out.clear();
-        let processed = self.engine.process(
-            &mut self.book,
-            self.offset,
-            Some(key),
-            Some(value),
-            self.now,
-            &mut self.out,
-        );
-        std::hint::black_box((processed, &self.out));
-        self.offset += 1;
-        self.next = (self.next + 1) % self.records.len();
-    }
-}
 
 /// Runs `n` records on each lane, one thread per lane, started together;
 /// returns the slowest lane's time.
@@ -129,7 +79,7 @@ fn setup(records: usize, capacity: usize) -> Setup {
         |inventory: &Arc<Inventory>| Arc::new(Engine::new(inventory.clone(), Limits::default()));
     let lane = |engine: &Arc<Engine>, prefix: &str, skus: Skus, seed: u64| {
         let records = Arc::new(support::orders(records, prefix, skus, seed));
-        Lane::new(engine.clone(), records, capacity)
+        Lane::new(engine.clone(), records, OrderBook::new(capacity))
     };
     let single_inventory = Arc::new(support::inventory(support::CATALOG_SKUS));
     let uniform_inventory = Arc::new(support::inventory(support::CATALOG_SKUS));

@@ -23,8 +23,7 @@ use orderflow::order::validate::Limits;
 use orderflow::state::{ChangelogEntry, Restorer};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
-use support::Skus;
-use time::OffsetDateTime;
+use support::{Lane, Record, Skus};
 
 /// Records cycled through in the deciding case; more than the book holds,
 /// so every record is a fresh decision.
@@ -38,10 +37,6 @@ const ROUNDS: usize = 7;
 const ROUND_CASE_TIME: Duration = Duration::from_millis(400);
 /// In test mode a few records are enough.
 const TEST_RECORDS: usize = 300;
-
-fn now() -> OffsetDateTime {
-    OffsetDateTime::from_unix_timestamp_nanos(1_795_435_200_133_000_000).unwrap()
-}
 
 fn quota() -> Quota {
     Quota {
@@ -58,62 +53,31 @@ fn book(with_quota: bool, capacity: usize) -> OrderBook {
     }
 }
 
-/// Decides `records` in a loop; returns orders per second over `time`.
-struct Lane {
-    engine: Engine,
-    book: OrderBook,
-    next: usize,
-    offset: i64,
-    out: Vec<Output>,
+/// A lane over `records` with its own inventory and a book that sells the
+/// whole stock or partition 3's quota.
+fn lane(records: &Arc<Vec<Record>>, with_quota: bool) -> Lane {
+    let inventory = Arc::new(support::inventory(support::CATALOG_SKUS));
+    let engine = Arc::new(Engine::new(inventory, Limits::default()));
+    Lane::new(engine, records.clone(), book(with_quota, BOOK_CAPACITY))
 }
 
-impl Lane {
-    fn new(with_quota: bool) -> Lane {
-        let inventory = Arc::new(support::inventory(support::CATALOG_SKUS));
-        Lane {
-            engine: Engine::new(inventory, Limits::default()),
-            book: book(with_quota, BOOK_CAPACITY),
-            next: 0,
-            offset: 0,
-            out: Vec::new(),
-        }
+/// Orders per second `lane` decides over `time`.
+fn rate(lane: &mut Lane, time: Duration) -> f64 {
+    let start = Instant::now();
+    let mut n = 0u64;
+    while start.elapsed() < time {
+        lane.run(256);
+        n += 256;
     }
-
-    fn one(&mut self, records: &[support::Record]) {
-        let (key, value) = &records[self.next];
-        self.out.clear();
-        let processed = self.engine.process(
-            &mut self.book,
-            self.offset,
-            Some(key),
-            Some(value),
-            now(),
-            &mut self.out,
-        );
-        std::hint::black_box((processed, &self.out));
-        self.offset += 1;
-        self.next = (self.next + 1) % records.len();
-    }
-
-    fn rate(&mut self, records: &[support::Record], time: Duration) -> f64 {
-        let start = Instant::now();
-        let mut n = 0u64;
-        while start.elapsed() < time {
-            for _ in 0..256 {
-                self.one(records);
-            }
-            n += 256;
-        }
-        n as f64 / start.elapsed().as_secs_f64()
-    }
+    n as f64 / start.elapsed().as_secs_f64()
 }
 
 /// The changelog of `n` decisions of one partition, as a new owner reads it.
-fn changelog(records: &[support::Record]) -> Vec<(String, ChangelogEntry)> {
-    let mut lane = Lane::new(true);
+fn changelog(records: &Arc<Vec<Record>>) -> Vec<(String, ChangelogEntry)> {
+    let mut lane = lane(records, true);
     let mut entries = Vec::with_capacity(records.len());
     for _ in 0..records.len() {
-        lane.one(records);
+        lane.one();
         for output in lane.out.drain(..) {
             if let Output::Status {
                 order_id, record, ..
@@ -147,9 +111,10 @@ fn main() {
     // and stop, for callgrind (see docs/benchmarks.md, "Profiling").
     if let Ok(case) = std::env::var("SCALE_OUT_PROFILE") {
         let records = support::orders(3_000, "profile", Skus::Uniform, 7);
-        let mut lane = Lane::new(case == "quota");
+        let records = Arc::new(records);
+        let mut lane = lane(&records, case == "quota");
         for _ in 0..records.len() {
-            lane.one(&records);
+            lane.one();
         }
         return;
     }
@@ -160,11 +125,12 @@ fn main() {
         Skus::Uniform,
         7,
     );
-    let (mut whole, mut quota) = (Lane::new(false), Lane::new(true));
+    let records = Arc::new(records);
+    let (mut whole, mut quota) = (lane(&records, false), lane(&records, true));
     if !bench {
         for _ in 0..records.len() {
-            whole.one(&records);
-            quota.one(&records);
+            whole.one();
+            quota.one();
         }
         let entries = changelog(&records);
         let inventory = support::inventory(support::CATALOG_SKUS);
@@ -175,8 +141,8 @@ fn main() {
     println!("deciding: {ROUNDS} rounds, {ROUND_CASE_TIME:?} per case per round, one thread");
     let mut ratios = Vec::new();
     for round in 0..ROUNDS {
-        let w = whole.rate(&records, ROUND_CASE_TIME);
-        let q = quota.rate(&records, ROUND_CASE_TIME);
+        let w = rate(&mut whole, ROUND_CASE_TIME);
+        let q = rate(&mut quota, ROUND_CASE_TIME);
         println!(
             "  round {round}: whole {w:.0}/s, quota {q:.0}/s, quota/whole {:.3}",
             q / w
@@ -188,7 +154,7 @@ fn main() {
         support::median(&mut ratios)
     );
 
-    let order_records = support::orders(CHANGELOG_ENTRIES, "log", Skus::Uniform, 11);
+    let order_records = Arc::new(support::orders(CHANGELOG_ENTRIES, "log", Skus::Uniform, 11));
     let entries = changelog(&order_records);
     println!(
         "take-over: {} changelog entries of one partition",

@@ -7,6 +7,7 @@
 
 #![allow(dead_code)]
 
+use orderflow::engine::{Engine, OrderBook, Output};
 use orderflow::inventory::Inventory;
 use orderflow::order::InventoryEvent;
 use rand::rngs::StdRng;
@@ -14,7 +15,9 @@ use rand::{Rng, SeedableRng};
 use serde_json::{json, Value};
 use std::collections::BTreeMap;
 use std::process::{Child, Command, Stdio};
+use std::sync::Arc;
 use std::time::{Duration, Instant};
+use time::OffsetDateTime;
 
 /// SKUs of the uniform catalog.
 pub const CATALOG_SKUS: usize = 10_000;
@@ -356,4 +359,53 @@ pub fn thread_cpu_time() -> Duration {
     let rc = unsafe { libc::clock_gettime(libc::CLOCK_THREAD_CPUTIME_ID, &mut ts) };
     assert_eq!(rc, 0, "clock_gettime(CLOCK_THREAD_CPUTIME_ID)");
     Duration::new(ts.tv_sec as u64, ts.tv_nsec as u32)
+}
+
+/// One shard's worth of work: its own book, cycling over its own records.
+pub struct Lane {
+    pub engine: Arc<Engine>,
+    pub book: OrderBook,
+    pub records: Arc<Vec<Record>>,
+    next: usize,
+    offset: i64,
+    pub out: Vec<Output>,
+    now: OffsetDateTime,
+}
+
+impl Lane {
+    pub fn new(engine: Arc<Engine>, records: Arc<Vec<Record>>, book: OrderBook) -> Lane {
+        Lane {
+            engine,
+            book,
+            records,
+            next: 0,
+            offset: 0,
+            out: Vec::new(),
+            // Ten milliseconds after the orders' placed_at.
+            now: OffsetDateTime::from_unix_timestamp_nanos(1_795_435_200_133_000_000).unwrap(),
+        }
+    }
+
+    pub fn run(&mut self, n: u64) {
+        for _ in 0..n {
+            self.one();
+        }
+    }
+
+    #[inline]
+    pub fn one(&mut self) {
+        let (key, value) = &self.records[self.next];
+        self.out.clear();
+        let processed = self.engine.process(
+            &mut self.book,
+            self.offset,
+            Some(key),
+            Some(value),
+            self.now,
+            &mut self.out,
+        );
+        std::hint::black_box((processed, &self.out));
+        self.offset += 1;
+        self.next = (self.next + 1) % self.records.len();
+    }
 }

@@ -10,6 +10,20 @@ fn announce(inventory: &Inventory, sku: &str, stock: i64, limit: Option<u32>) {
     });
 }
 
+/// An inventory with the two SKUs of [`sample`] at its prices: SKU-1 (with
+/// `limit`) and SKU-9.
+fn stocked_for_sample(sku_1: i64, limit: Option<u32>, sku_9: i64) -> Inventory {
+    let inventory = Inventory::new();
+    announce(&inventory, "SKU-1", sku_1, limit);
+    inventory.apply(&InventoryEvent::StockSet {
+        sku: "SKU-9".into(),
+        available: sku_9,
+        prices: BTreeMap::from([("EUR".to_string(), 500)]),
+        max_per_customer: None,
+    });
+    inventory
+}
+
 fn sample() -> ValidOrder<'static> {
     // SKU-1 × 3 at 1999 and SKU-9 × 1 at 500, paid in EUR.
     validate(sample_order("o-1"), &Limits::default()).unwrap()
@@ -43,14 +57,7 @@ fn unknown_sku_then_price() {
 
 #[test]
 fn reserve_release_and_limits() {
-    let inventory = Inventory::new();
-    announce(&inventory, "SKU-1", 4, Some(3));
-    inventory.apply(&InventoryEvent::StockSet {
-        sku: "SKU-9".into(),
-        available: 1,
-        prices: BTreeMap::from([("EUR".to_string(), 500)]),
-        max_per_customer: None,
-    });
+    let inventory = stocked_for_sample(4, Some(3), 1);
     let order = sample();
     inventory.reserve(&order, Share::Whole, ok).unwrap();
     assert_eq!(inventory.get("SKU-1").unwrap().available(), 1);
@@ -83,14 +90,7 @@ fn payment_check_runs_between_price_and_stock() {
 
 #[test]
 fn stock_set_again_keeps_sales_counted() {
-    let inventory = Inventory::new();
-    announce(&inventory, "SKU-1", 3, None);
-    inventory.apply(&InventoryEvent::StockSet {
-        sku: "SKU-9".into(),
-        available: 5,
-        prices: BTreeMap::from([("EUR".to_string(), 500)]),
-        max_per_customer: None,
-    });
+    let inventory = stocked_for_sample(3, None, 5);
     inventory.reserve(&sample(), Share::Whole, ok).unwrap();
     announce(&inventory, "SKU-1", 3, None);
     assert_eq!(
@@ -175,14 +175,7 @@ fn partition_quotas_add_up_to_the_stock_and_spread_the_remainder() {
 
 #[test]
 fn a_partition_sells_only_its_quota() {
-    let inventory = Inventory::new();
-    announce(&inventory, "SKU-1", 40, None);
-    inventory.apply(&InventoryEvent::StockSet {
-        sku: "SKU-9".into(),
-        available: 40,
-        prices: BTreeMap::from([("EUR".to_string(), 500)]),
-        max_per_customer: None,
-    });
+    let inventory = stocked_for_sample(40, None, 40);
     let order = sample(); // wants 3 of SKU-1
     let quota = Quota {
         partition: 1,
