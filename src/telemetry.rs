@@ -475,9 +475,15 @@ impl Drop for ShardTelemetry {
 }
 
 /// Decisions restored from the status topic at start.
-pub fn orders_recovered(count: u64) {
+/// Partitions' state restored from the status topic: counted and logged.
+pub fn orders_recovered(partitions: &[i32], count: u64, elapsed: Duration) {
     counter!(RECOVERED_ORDERS_TOTAL).increment(count);
-    tracing::info!(decisions = count, "state restored from the status topic");
+    tracing::info!(
+        ?partitions,
+        decisions = count,
+        elapsed_ms = elapsed.as_millis() as u64,
+        "partition state restored from the status topic"
+    );
 }
 
 /// An inventory record: applied, or dead-lettered with its error.

@@ -76,13 +76,7 @@ impl Recovery {
             let mut restorer = Restorer::new(&self.inventory, self.capacity, self.quota_of);
             match self.read(partitions, &mut restorer, shutdown) {
                 Ok(()) if !shutdown.is_triggered() => {
-                    telemetry::orders_recovered(restorer.applied);
-                    tracing::info!(
-                        ?partitions,
-                        decisions = restorer.applied,
-                        elapsed_ms = started.elapsed().as_millis() as u64,
-                        "partition state restored from the status topic"
-                    );
+                    telemetry::orders_recovered(partitions, restorer.applied, started.elapsed());
                     return Some(restorer.finish(partitions));
                 }
                 Ok(()) => return None,
