@@ -46,15 +46,17 @@ fn main() {
     let built = Instant::now();
     let inventory = Inventory::new();
     for i in 0..skus {
-        inventory.apply(&InventoryEvent::StockSet {
-            sku: support::sku_name(i),
-            available: 1_000,
-            prices: support::CURRENCIES
-                .iter()
-                .map(|c| (c.to_string(), support::price(i, c)))
-                .collect::<BTreeMap<_, _>>(),
-            max_per_customer: None,
-        });
+        inventory
+            .apply(&InventoryEvent::StockSet {
+                sku: support::sku_name(i),
+                available: 1_000,
+                prices: support::CURRENCIES
+                    .iter()
+                    .map(|c| (c.to_string(), support::price(i, c)))
+                    .collect::<BTreeMap<_, _>>(),
+                max_per_customer: None,
+            })
+            .unwrap();
     }
     let after_skus = support::rss_bytes().unwrap();
     println!(
@@ -86,16 +88,15 @@ fn main() {
                 .map(|s| s.to_string())
                 .collect(),
         });
-        let record = OrderRecord {
-            state: if accepted {
+        let record = OrderRecord::decided(
+            if accepted {
                 OrderState::Accepted
             } else {
                 OrderState::Rejected
             },
-            offset: (i / PARTITIONS) as i64,
-            placed_offset: (i / PARTITIONS) as i64,
+            (i / PARTITIONS) as i64,
             holding,
-        };
+        );
         books[i % PARTITIONS].insert(format!("o-e2e-{i}"), record);
     }
     let after_orders = support::rss_bytes().unwrap();

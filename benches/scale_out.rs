@@ -85,7 +85,7 @@ fn changelog(records: &Arc<Vec<Record>>) -> Vec<(String, ChangelogEntry)> {
             {
                 let entry = ChangelogEntry {
                     partition: quota().partition as i32,
-                    record,
+                    record: std::sync::Arc::unwrap_or_clone(record),
                 };
                 entries.push((order_id, entry));
             }

@@ -5,7 +5,8 @@
 //! invalid orders, cancellations, unreadable records), each on a fresh
 //! order book. `metrics_on` also makes every per-record telemetry call the
 //! shard makes (`ShardTelemetry::order_processed` with its two histogram
-//! samples, `fulfillment_emitted` per fulfillment, the flushes into the
+//! samples, `outputs_emitted`: each fulfillment by type and an accepted
+//! order's units for the hot-SKU tally, the flushes into the
 //! exporter, the clock reads for the processing time), with the real
 //! Prometheus recorder installed as the global recorder, as `orderflow run`
 //! does. `metrics_off` makes none of
@@ -18,7 +19,7 @@ mod support;
 
 use criterion::{black_box, criterion_group, criterion_main, BatchSize, Criterion, Throughput};
 use metrics_exporter_prometheus::PrometheusHandle;
-use orderflow::engine::{Engine, OrderBook, Output};
+use orderflow::engine::{Engine, OrderBook};
 use orderflow::inventory::Inventory;
 use orderflow::order::validate::Limits;
 use orderflow::order::InventoryEvent;
@@ -39,20 +40,24 @@ fn price(sku: usize) -> i64 {
 fn engine() -> Engine {
     let inventory = Arc::new(Inventory::new());
     for sku in 0..SKUS {
-        inventory.apply(&InventoryEvent::StockSet {
-            sku: format!("SKU-{sku}"),
-            // Enough for every iteration criterion runs: outcomes stay the same.
-            available: 1_000_000_000_000,
-            prices: BTreeMap::from([("EUR".to_string(), price(sku))]),
-            max_per_customer: None,
-        });
+        inventory
+            .apply(&InventoryEvent::StockSet {
+                sku: format!("SKU-{sku}"),
+                // Enough for every iteration criterion runs: outcomes stay the same.
+                available: 1_000_000_000_000,
+                prices: BTreeMap::from([("EUR".to_string(), price(sku))]),
+                max_per_customer: None,
+            })
+            .unwrap();
     }
-    inventory.apply(&InventoryEvent::StockSet {
-        sku: "HOT".into(),
-        available: 0,
-        prices: BTreeMap::from([("EUR".to_string(), 999)]),
-        max_per_customer: None,
-    });
+    inventory
+        .apply(&InventoryEvent::StockSet {
+            sku: "HOT".into(),
+            available: 0,
+            prices: BTreeMap::from([("EUR".to_string(), 999)]),
+            max_per_customer: None,
+        })
+        .unwrap();
     Engine::new(inventory, Limits::default())
 }
 
@@ -124,6 +129,7 @@ fn placed(id: &str, i: usize, lines: &[(String, i64, i64)]) -> Vec<u8> {
 }
 
 /// The shard's work for one batch, without telemetry.
+#[inline(never)]
 fn process_off(
     engine: &Engine,
     book: &mut OrderBook,
@@ -157,11 +163,7 @@ fn process_on(
         let received = quanta::Instant::now();
         out.clear();
         let processed = engine.process(book, offset as i64, Some(key), Some(value), now, &mut out);
-        for output in &out {
-            if let Output::Fulfillment { kind, .. } = output {
-                metrics.fulfillment_emitted(kind);
-            }
-        }
+        metrics.outputs_emitted(&out);
         let done = quanta::Instant::now();
         metrics.order_processed(
             processed.outcome,
@@ -179,8 +181,25 @@ fn process_on(
 /// As in `kafka::worker`.
 const DEPTH_REPORT_INTERVAL: Duration = Duration::from_millis(500);
 
-/// Rounds of the paired comparison.
+/// Rounds of the paired comparison, unless `TELEMETRY_PAIRED_ROUNDS` says
+/// otherwise (a few rounds under callgrind, see docs/benchmarks.md).
 const PAIRED_ROUNDS: usize = 300;
+
+/// One batch with telemetry, its last flush included: what callgrind's
+/// `--toggle-collect='*batch_on*'` counts, against `process_off`. A shard
+/// keeps one recorder for its whole life (its hot-SKU tally warm), so the
+/// rounds share one too.
+#[inline(never)]
+fn batch_on(
+    engine: &Engine,
+    book: &mut OrderBook,
+    records: &[(Vec<u8>, Vec<u8>)],
+    now: OffsetDateTime,
+    metrics: &mut telemetry::ShardTelemetry,
+) {
+    process_on(engine, book, records, now, metrics);
+    metrics.flush(); // the last flush belongs to the batch
+}
 
 /// Off and on alternate batch by batch (which goes first alternates too),
 /// timed in thread CPU time, so load from other processes and frequency
@@ -193,30 +212,34 @@ fn paired(
     now: OffsetDateTime,
     handle: &PrometheusHandle,
 ) {
-    let mut off = Vec::with_capacity(PAIRED_ROUNDS);
-    let mut on = Vec::with_capacity(PAIRED_ROUNDS);
-    for round in 0..PAIRED_ROUNDS {
+    let rounds = std::env::var("TELEMETRY_PAIRED_ROUNDS")
+        .ok()
+        .and_then(|v| v.parse::<usize>().ok())
+        .filter(|rounds| *rounds > 0)
+        .unwrap_or(PAIRED_ROUNDS);
+    let mut off = Vec::with_capacity(rounds);
+    let mut on = Vec::with_capacity(rounds);
+    let mut metrics = telemetry::ShardTelemetry::new();
+    for round in 0..rounds {
         for first in [round % 2 == 0, round % 2 != 0] {
             let mut book = OrderBook::new(2 * BATCH);
-            let mut metrics = telemetry::ShardTelemetry::new();
             handle.run_upkeep();
             let start = support::thread_cpu_time();
             if first {
                 process_off(engine, &mut book, records, now);
                 off.push(support::thread_cpu_time() - start);
             } else {
-                process_on(engine, &mut book, records, now, &mut metrics);
-                drop(metrics); // the last flush belongs to the batch
+                batch_on(engine, &mut book, records, now, &mut metrics);
                 on.push(support::thread_cpu_time() - start);
             }
         }
     }
     off.sort();
     on.sort();
-    let (off, on) = (off[PAIRED_ROUNDS / 2], on[PAIRED_ROUNDS / 2]);
+    let (off, on) = (off[rounds / 2], on[rounds / 2]);
     let overhead = on.as_secs_f64() / off.as_secs_f64() - 1.0;
     println!(
-        "paired, {PAIRED_ROUNDS} rounds of {BATCH} records, thread CPU time: median metrics_off {:.3} ms, metrics_on {:.3} ms, \
+        "paired, {rounds} rounds of {BATCH} records, thread CPU time: median metrics_off {:.3} ms, metrics_on {:.3} ms, \
          overhead {:+.2}% ({:.0} ns per record)",
         off.as_secs_f64() * 1e3,
         on.as_secs_f64() * 1e3,
@@ -250,6 +273,7 @@ fn bench(c: &mut Criterion) {
             BatchSize::LargeInput,
         )
     });
+    let mut metrics = telemetry::ShardTelemetry::new();
     group.bench_function("metrics_on", |b| {
         b.iter_batched_ref(
             || {
@@ -258,10 +282,7 @@ fn bench(c: &mut Criterion) {
                 handle.run_upkeep();
                 OrderBook::new(2 * BATCH)
             },
-            |book| {
-                let mut metrics = telemetry::ShardTelemetry::new();
-                process_on(&engine, book, &records, now, &mut metrics);
-            },
+            |book| batch_on(&engine, book, &records, now, &mut metrics),
             BatchSize::LargeInput,
         )
     });

@@ -1,14 +1,17 @@
 //! `orderflow run`: wires config, inventory feed, shards, source and sink
 //! together, and shuts them down in the order that loses nothing.
 
-use crate::config::{Config, LogConfig, MetricsConfig};
+use crate::config::{Config, LogConfig, LogFormat, MetricsConfig};
 use crate::engine::Engine;
 use crate::inventory::Inventory;
 use crate::kafka::recovery::Recovery;
-use crate::kafka::source::{self, SourceContext, SourceSetup, SourceShared};
-use crate::kafka::transaction::{self, Next};
+use crate::kafka::sink::OutputLimits;
+use crate::kafka::source::{self, Source, SourceContext, SourceSetup};
+use crate::kafka::transaction::{self, Trackers};
 use crate::kafka::StartError;
 use crate::kafka::{self, inventory_feed, tracker::OffsetTracker, worker::Shard};
+use crate::partitioner::Routing;
+use crate::payments;
 pub use crate::shutdown::Shutdown;
 use crate::telemetry;
 pub use crate::telemetry::Readiness;
@@ -30,7 +33,7 @@ pub fn init_logging(log: &LogConfig) {
     let builder = tracing_subscriber::fmt()
         .with_env_filter(filter)
         .with_writer(std::io::stderr);
-    let _ = if log.format == "json" {
+    let _ = if log.format == LogFormat::Json {
         builder.json().try_init()
     } else {
         builder.try_init()
@@ -74,7 +77,8 @@ pub async fn shutdown_on_signal(shutdown: Shutdown) {
 
 /// Runs the processor until `shutdown` is triggered, then finishes in-flight
 /// records, flushes outputs and commits offsets. An error after start-up
-/// means a transaction failed: the processor stopped so that a restart
+/// means the processor stopped on its own because going on could break a
+/// promise (a transaction failed, see [`Shutdown::fail`]): a restart
 /// restores its state from what was committed.
 pub fn run(config: Config, shutdown: Shutdown) -> anyhow::Result<()> {
     let readiness = Readiness::new(&shutdown);
@@ -88,17 +92,53 @@ pub fn run_with_readiness(
     shutdown: Shutdown,
     readiness: &Readiness,
 ) -> anyhow::Result<()> {
-    let tracker = Arc::new(OffsetTracker::new());
+    let result = run_until_stopped(config, shutdown, readiness);
+    // Repeated Kafka errors not yet summarized are reported before exit.
+    telemetry::kafka_error_summaries(true);
+    result
+}
+
+fn run_until_stopped(
+    config: Config,
+    shutdown: Shutdown,
+    readiness: &Readiness,
+) -> anyhow::Result<()> {
+    // First: wrong credentials or missing ACLs would surface only later,
+    // as timeouts or an aborted transaction that names neither.
+    kafka::preflight::check(&config)?;
+    let trackers = Trackers {
+        orders: Arc::new(OffsetTracker::new()),
+        inventory: Arc::new(OffsetTracker::new()),
+    };
+    let limits = OutputLimits::of(
+        &kafka::producer_config(&config.kafka),
+        config.kafka.max_dlq_payload_bytes,
+    );
+    kafka::check_output_limits(config.limits.max_record_bytes, limits)
+        .context("checking that every output fits the producer")?;
     // Before anything is sent: with transactions, every send needs one open.
-    let (sink, transactions) =
-        transaction::start_sink(&config, tracker.clone()).context("creating the producer")?;
+    let (sink, transactions) = transaction::start_sink(&config, trackers.clone(), &shutdown)
+        .context("creating the producer")?;
     let transactional = transactions.is_some();
     let inventory = Arc::new(Inventory::new());
-    let feed = inventory_feed::start(&config, inventory.clone(), sink.clone(), shutdown.clone())
-        .context("reading the inventory topic")?;
-    let engine = Arc::new(Engine::new(inventory.clone(), config.limits.clone()));
-    let recovery = recovery(&config, inventory.clone())?;
+    let feed = inventory_feed::start(
+        &config,
+        inventory.clone(),
+        sink.clone(),
+        trackers.inventory.clone(),
+        shutdown.clone(),
+    )
+    .context("reading the inventory topic")?;
+    let engine = Arc::new(
+        Engine::new(inventory.clone(), config.limits.clone()).with_policy(config.payments.policy()),
+    );
+    let (recovery, partitions) = recovery(&config, inventory.clone())?;
+    let routing = Routing {
+        partitioner: config.kafka.orders_partitioner,
+        partitions: u32::try_from(partitions).context("the orders topic's partition count")?,
+    };
 
+    let tracker = trackers.orders.clone();
     let mut queues = Vec::new();
     let mut shards = Vec::new();
     for id in 0..config.engine.shards {
@@ -109,36 +149,40 @@ pub fn run_with_readiness(
             sink: sink.clone(),
             tracker: tracker.clone(),
             topics: config.topics.clone(),
+            routing,
+            shutdown: shutdown.clone(),
         };
         queues.push(tx);
         let thread = std::thread::Builder::new().name(format!("shard-{id}"));
         shards.push(thread.spawn(move || shard.run(rx))?);
     }
 
-    let (recovery, partitions) = recovery;
-    let shared = Arc::new(SourceShared::new(
-        tracker.clone(),
-        SourceSetup {
-            topic: config.topics.orders.clone(),
-            drain_timeout: Duration::from_millis(config.engine.shutdown_timeout_ms),
-            shards: queues,
-            recovery,
-            partitions,
-            whole: !config.engine.split_by_partition(),
-            readiness: readiness.clone(),
-            shutdown: shutdown.clone(),
-            transactions,
-        },
-    ));
+    let mut source = Source::new(SourceSetup {
+        topic: config.topics.orders.clone(),
+        shards: queues,
+        tracker: tracker.clone(),
+        inventory: inventory.clone(),
+        recovery,
+        partitions,
+        whole: !config.engine.split_by_partition(),
+        max_outputs_in_flight: source::max_outputs_in_flight(
+            config.engine.shards,
+            config.engine.shard_queue_records,
+        ),
+        commit_interval: Duration::from_millis(config.engine.commit_interval_ms),
+        readiness: readiness.clone(),
+        shutdown: shutdown.clone(),
+        transactions,
+    });
     let consumer: BaseConsumer<SourceContext> =
         kafka::orders_consumer_config(&config.kafka, transactional)
-            .create_with_context(SourceContext {
-                shared: shared.clone(),
-            })
+            .create_with_context(SourceContext::new(&config.topics.orders, &shutdown))
             .context("creating the orders consumer")?;
     consumer
         .subscribe(&[&config.topics.orders])
         .context("subscribing to the orders topic")?;
+    let payments = payments::adapter::spawn(adapter_setup(&config), shutdown.clone())
+        .context("starting the payment adapter")?;
     readiness.set_ready();
     let gauges = spawn_gauges(
         inventory,
@@ -149,24 +193,16 @@ pub fn run_with_readiness(
     tracing::info!(shards = config.engine.shards, brokers = %config.kafka.brokers,
         transactional, "processing orders");
 
-    source::run(
-        &consumer,
-        &shutdown,
-        Duration::from_millis(config.engine.commit_interval_ms),
-    );
+    source.run(&consumer);
 
     // Shutdown: no new records; shards finish their queues; outputs are
     // flushed; only then are the offsets of delivered work committed.
     shutdown.trigger();
-    shared.close();
+    source.close();
     for shard in shards {
         let _ = shard.join();
     }
-    if transactional {
-        // The last transaction: waits for every output, commits the
-        // offsets with it, and begins none (a failure is returned below).
-        shared.commit_transaction(&consumer, Next::Finish);
-    } else {
+    if !transactional {
         // Follow-ups are queued only once their status is acknowledged, so
         // one flush is not enough: wait until every output is acknowledged.
         let deadline = Instant::now() + Duration::from_millis(config.engine.shutdown_timeout_ms);
@@ -179,16 +215,40 @@ pub fn run_with_readiness(
                 "not every output was acknowledged; their records stay uncommitted"
             );
         }
-        source::commit_final(&consumer);
     }
+    // The last commit (inside the last transaction, with transactions).
+    source.finish(&consumer);
     consumer.unsubscribe();
+    drop(consumer);
     let _ = feed.join();
     let _ = gauges.join();
-    if let Some(failure) = shared.take_failure() {
-        return Err(failure.into());
+    if let Some(payments) = payments {
+        let _ = payments.join();
+    }
+    if let Some(failure) = shutdown.take_failure() {
+        return Err(anyhow::anyhow!(failure));
     }
     tracing::info!("stopped");
     Ok(())
+}
+
+/// The in-process payment adapter: commands from `payment-requests`,
+/// results to the command's partition of `orders`, with a group of its own.
+fn adapter_setup(config: &Config) -> payments::adapter::AdapterSetup {
+    let payments = &config.payments;
+    payments::adapter::AdapterSetup {
+        kind: payments.adapter,
+        consumer: kafka::reader_config(
+            &config.kafka,
+            &format!("{}-payments", config.kafka.group_id),
+        ),
+        producer: kafka::producer_config(&config.kafka),
+        requests_topic: config.topics.payment_requests.clone(),
+        results_topic: config.topics.orders.clone(),
+        http_url: payments.http_url.clone(),
+        http_timeout: Duration::from_millis(payments.http_timeout_ms),
+        max_in_flight: payments.http_max_in_flight,
+    }
 }
 
 /// The restorer of partition state, and the partition count of `orders`,
@@ -199,17 +259,28 @@ fn recovery(config: &Config, inventory: Arc<Inventory>) -> anyhow::Result<(Recov
     let orders = recovery
         .partition_count(&config.topics.orders)
         .context("reading the orders topic's metadata")?;
-    let status = recovery
-        .partition_count(&config.topics.status)
-        .context("reading the status topic's metadata")?;
-    if status < orders {
-        return Err(StartError::StatusPartitions {
-            status: config.topics.status.clone(),
-            status_partitions: status,
-            orders: config.topics.orders.clone(),
-            orders_partitions: orders,
+    // Every topic an orders partition writes by number (its changelog
+    // and its Part 2 records) needs as many partitions as `orders`.
+    let topics = &config.topics;
+    for (topic, what) in [
+        (&topics.status, "statuses, its changelog,"),
+        (&topics.state, "order records without a status"),
+        (&topics.events, "order events"),
+        (&topics.payment_requests, "payment commands"),
+    ] {
+        let partitions = recovery
+            .partition_count(topic)
+            .with_context(|| format!("reading the metadata of topic {topic:?}"))?;
+        if partitions < orders {
+            return Err(StartError::OutputPartitions {
+                topic: topic.clone(),
+                partitions,
+                what,
+                orders: topics.orders.clone(),
+                orders_partitions: orders,
+            }
+            .into());
         }
-        .into());
     }
     let recovery = if config.engine.split_by_partition() {
         recovery.with_quotas(orders as u32)
@@ -227,11 +298,12 @@ fn spawn_gauges(
 ) -> std::thread::JoinHandle<()> {
     std::thread::spawn(move || {
         let mut next = Instant::now();
+        let mut stock = telemetry::StockGauges::new(watched);
         while !shutdown.is_triggered() {
             if Instant::now() >= next {
-                let levels: Vec<(String, i64)> = watched
-                    .iter()
-                    .filter_map(|sku| inventory.get(sku).map(|s| (sku.clone(), s.available())))
+                let levels: Vec<(String, i64)> = stock
+                    .skus()
+                    .filter_map(|sku| inventory.available(sku).map(|units| (sku.clone(), units)))
                     .collect();
                 telemetry::inventory_levels(
                     inventory.sku_count(),
@@ -239,6 +311,7 @@ fn spawn_gauges(
                     &levels,
                 );
                 telemetry::outputs_pending(tracker.pending_outputs());
+                telemetry::kafka_error_summaries(false);
                 next = Instant::now() + GAUGE_INTERVAL;
             }
             std::thread::sleep(Duration::from_millis(50));

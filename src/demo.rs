@@ -5,6 +5,12 @@
 //! thread) and the loadtest generator, with metrics served while it runs.
 //! It ends with the loadtest's audit; the exit status says whether it held.
 //!
+//! Payments: the simulated gateway answers the processor's commands on the
+//! same embedded broker, and the retry policy is the scenario's short one
+//! (`[payments]` in `loadtest/demo.toml`: the first retry after 200 ms, not
+//! the five minutes of the default), so a flaky authorization's retries
+//! fall within the sale; the output says so.
+//!
 //! Why the demo's sale is small (a few thousand orders per second at the
 //! peak, 30 s by default, see `loadtest/demo.toml`): the mock broker runs
 //! on a single thread, and keeps only about 5 MiB or 100,000 batches per
@@ -16,11 +22,12 @@
 //! `orderflow loadtest` against a real cluster.
 
 use crate::app::{self, Shutdown};
-use crate::config::{Config, ConfigErrors};
+use crate::config::{Config, ConfigErrors, Layers, Source, ENV_PREFIX};
+use crate::loadtest::catalog::Catalog;
 use crate::loadtest::report::Summary;
-use crate::loadtest::scenario::{Overrides, Scenario, DEMO_TOML};
+use crate::loadtest::scenario::{self, Overrides, Scenario, DEMO_TOML};
 use crate::loadtest::{self, Event, LoadtestError, Options};
-use crate::telemetry::Readiness;
+use crate::telemetry::{self, Readiness};
 use rdkafka::error::KafkaError;
 use rdkafka::mocking::MockCluster;
 use std::net::TcpListener;
@@ -32,8 +39,9 @@ const MOCK_BROKERS: i32 = 1;
 /// as data arrives). With librdkafka's default of 500 ms every decision
 /// would look a quarter second late, so the processor polls it more often.
 const MOCK_FETCH_WAIT_MS: u32 = 5;
-/// Where metrics are served unless `--metrics-listen` says otherwise; if
-/// the port is taken, a free one is used instead.
+/// Where metrics are served unless `--metrics-listen` or
+/// `ORDERFLOW__METRICS__LISTEN` says otherwise; if the port is taken, a
+/// free one is used instead.
 const DEFAULT_METRICS_LISTEN: &str = "127.0.0.1:9898";
 
 #[derive(clap::Args, Debug, Clone, Default)]
@@ -47,7 +55,12 @@ pub struct DemoArgs {
     /// Seed of the generator.
     #[arg(long, value_name = "N")]
     pub seed: Option<u64>,
-    /// Address to serve Prometheus metrics on while the demo runs.
+    /// A TOML file layered over the defaults (the demo's own included),
+    /// below ORDERFLOW__ environment variables and flags.
+    #[arg(long, value_name = "FILE")]
+    pub config: Option<std::path::PathBuf>,
+    /// Address to serve Prometheus metrics on while the demo runs (over
+    /// ORDERFLOW__METRICS__LISTEN; default 127.0.0.1:9898, or a free port).
     #[arg(long, value_name = "HOST:PORT")]
     pub metrics_listen: Option<String>,
     /// Print the final summary as one JSON object on standard output.
@@ -86,30 +99,35 @@ pub fn run(args: &DemoArgs, observe: &mut dyn FnMut(Event<'_>)) -> Result<Summar
     // before the broker they talk to.
     let cluster = MockCluster::new(MOCK_BROKERS)?;
     let brokers = cluster.bootstrap_servers();
-    let defaults = Config::defaults();
+    // The run's tag names its SKUs: known up front, the hot ones are watched.
+    let run_id = loadtest::default_run_id();
+    let hot: Vec<String> = Catalog::build(&scenario, &run_id)
+        .hot
+        .into_iter()
+        .map(|sku| sku.sku)
+        .collect();
+    let config = config(
+        args,
+        &brokers,
+        &hot,
+        &scenario.payments,
+        std::env::vars().collect(),
+    )?;
     let plan = &scenario.topics;
     // The mock broker has no CreateTopics API: topics are made directly.
     for (topic, partitions) in [
-        (&defaults.topics.orders, plan.orders_partitions),
-        (&defaults.topics.inventory, plan.inventory_partitions),
-        (&defaults.topics.status, plan.status_partitions),
-        (&defaults.topics.fulfillments, plan.fulfillments_partitions),
-        (&defaults.topics.dlq, plan.dlq_partitions),
+        (&config.topics.orders, plan.orders_partitions),
+        (&config.topics.inventory, plan.inventory_partitions),
+        (&config.topics.status, plan.status_partitions),
+        (&config.topics.fulfillments, plan.fulfillments_partitions),
+        (&config.topics.dlq, plan.dlq_partitions),
+        (&config.topics.events, plan.orders_partitions),
+        (&config.topics.payment_requests, plan.orders_partitions),
+        (&config.topics.state, plan.orders_partitions),
     ] {
         cluster.create_topic(topic, partitions, 1)?;
     }
-    let listen = metrics_listen(args.metrics_listen.as_deref());
-    let config = Config::load(
-        None,
-        &[
-            format!("kafka.brokers={brokers}"),
-            format!("metrics.listen={listen}"),
-            format!("kafka.consumer.fetch.wait.max.ms={MOCK_FETCH_WAIT_MS}"),
-            // The progress line is the demo's output, and the sale sends
-            // malformed records on purpose: only errors are logged.
-            "log.level=error".to_string(),
-        ],
-    )?;
+    let listen = &config.metrics.listen;
     app::init_logging(&config.log);
     let runtime = tokio::runtime::Builder::new_multi_thread()
         .worker_threads(1)
@@ -132,11 +150,27 @@ pub fn run(args: &DemoArgs, observe: &mut dyn FnMut(Event<'_>)) -> Result<Summar
             .spawn(move || app::run_with_readiness(config, shutdown, &readiness))
             .map_err(|e| DemoError::Processor(e.to_string()))?
     };
-    let result = loadtest::run(&config, &scenario, &Options::default(), observe);
+    // The processor starts the payment adapter (`payments.adapter`).
+    let policy = &config.payments;
+    observe(Event::Notice(&format!(
+        "payments: the {} gateway answers on the embedded broker; retries run on a short \
+         backoff here (first after {} ms, doubling to at most {} ms, {} attempts; the default \
+         waits five minutes before the first)",
+        adapter_name(policy.adapter),
+        policy.retry_initial_ms,
+        policy.retry_max_ms,
+        policy.max_attempts
+    )));
+    let options = Options {
+        run_id: Some(run_id),
+        ..Options::default()
+    };
+    let result = loadtest::run(&config, &scenario, &options, observe);
     shutdown.trigger();
     let stopped = processor
         .join()
         .map_err(|_| DemoError::Processor("the processor thread panicked".into()))?;
+    runtime.block_on(telemetry::close_http());
     stopped.map_err(|e| DemoError::Processor(format!("{e:#}")))?;
     let summary = result?;
     observe(Event::Notice(&format!(
@@ -148,11 +182,82 @@ pub fn run(args: &DemoArgs, observe: &mut dyn FnMut(Event<'_>)) -> Result<Summar
     Ok(summary)
 }
 
-/// `requested`, or the default; if that port is taken, a free one.
-fn metrics_listen(requested: Option<&str>) -> String {
-    if let Some(listen) = requested {
-        return listen.to_string();
+fn adapter_name(kind: crate::payments::AdapterKind) -> &'static str {
+    use crate::payments::AdapterKind;
+    match kind {
+        AdapterKind::Simulated => "simulated",
+        AdapterKind::Http => "HTTP",
+        AdapterKind::External => "external",
     }
+}
+
+/// The demo's config, layered like `orderflow run`'s (built-in defaults <
+/// `--config` file < environment < flags): the demo's own defaults (its
+/// hot SKUs watched, a free port if 9898 is taken, only errors logged, the
+/// mock broker's fetch wait) sit with the built-in ones, below the file and
+/// `ORDERFLOW__…` variables, and `--metrics-listen` is a flag. Only the
+/// brokers are not the user's: the embedded broker is what the demo is.
+fn config(
+    args: &DemoArgs,
+    brokers: &str,
+    hot_skus: &[String],
+    payments: &scenario::Payments,
+    env: Vec<(String, String)>,
+) -> Result<Config, ConfigErrors> {
+    let user_listen = args.metrics_listen.is_some()
+        || env
+            .iter()
+            .any(|(name, _)| env_names(name, "metrics.listen"));
+    let watched = toml::Value::try_from(hot_skus)
+        .map(|v| v.to_string())
+        .unwrap_or_else(|_| "[]".into());
+    let mut layers = Layers::defaults();
+    let demo_defaults = [
+        (
+            "kafka.consumer.fetch.wait.max.ms",
+            MOCK_FETCH_WAIT_MS.to_string(),
+        ),
+        // The progress line is the demo's output, and the sale sends
+        // malformed records on purpose: only errors are logged.
+        ("log.level", "error".to_string()),
+        ("metrics.watched_skus", watched),
+        // The sale's short retry policy, so retries happen within it.
+        (
+            "payments.retry_initial_ms",
+            payments.retry_initial_ms.to_string(),
+        ),
+        ("payments.retry_max_ms", payments.retry_max_ms.to_string()),
+        ("payments.max_attempts", payments.max_attempts.to_string()),
+    ];
+    for (key, value) in demo_defaults {
+        layers.set(key, &value, Source::Default);
+    }
+    if !user_listen {
+        layers.set("metrics.listen", &free_metrics_listen(), Source::Default);
+    }
+    if let Some(file) = &args.config {
+        layers.file(file);
+    }
+    layers.env(env);
+    if let Some(listen) = &args.metrics_listen {
+        layers.set("metrics.listen", listen, Source::Flag);
+    }
+    layers.set("kafka.brokers", brokers, Source::Flag);
+    layers.build()
+}
+
+/// Whether the environment variable `name` sets config key `key` (as
+/// `Layers::env` reads it: sections split by `__`, any case).
+fn env_names(name: &str, key: &str) -> bool {
+    name.strip_prefix(ENV_PREFIX).is_some_and(|rest| {
+        rest.split("__")
+            .map(str::to_ascii_lowercase)
+            .eq(key.split('.').map(str::to_string))
+    })
+}
+
+/// The default metrics address, or a free port if it is taken.
+fn free_metrics_listen() -> String {
     if TcpListener::bind(DEFAULT_METRICS_LISTEN).is_ok() {
         return DEFAULT_METRICS_LISTEN.to_string();
     }
@@ -175,4 +280,89 @@ pub fn cli(args: &DemoArgs) -> Result<bool, DemoError> {
         println!("{summary}");
     }
     Ok(summary.passed)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const MOCK: &str = "127.0.0.1:1";
+    const PAYMENTS: scenario::Payments = scenario::Payments {
+        audit: false,
+        retry_initial_ms: 150,
+        retry_max_ms: 900,
+        max_attempts: 3,
+    };
+
+    #[test]
+    fn demo_defaults_never_outrank_the_environment_or_flags() {
+        let hot = ["T-HOT-0".to_string(), "T-HOT-1".to_string()];
+        let args = DemoArgs::default();
+        let c = config(&args, MOCK, &hot, &PAYMENTS, Vec::new()).unwrap();
+        assert_eq!(c.metrics.watched_skus, hot, "the demo watches its hot SKUs");
+        assert_eq!(c.log.level, "error");
+        assert_eq!(c.kafka.brokers, MOCK);
+        assert_eq!(
+            (
+                c.payments.retry_initial_ms,
+                c.payments.retry_max_ms,
+                c.payments.max_attempts
+            ),
+            (150, 900, 3),
+            "the scenario's short retry policy"
+        );
+
+        let environment: Vec<(String, String)> = [
+            ("ORDERFLOW__METRICS__LISTEN", "127.0.0.1:7001"),
+            ("ORDERFLOW__METRICS__WATCHED_SKUS", "[\"MINE\"]"),
+            ("ORDERFLOW__LOG__LEVEL", "warn"),
+            ("ORDERFLOW__KAFKA__BROKERS", "elsewhere:9092"),
+        ]
+        .map(|(k, v)| (k.to_string(), v.to_string()))
+        .into();
+        let c = config(&args, MOCK, &hot, &PAYMENTS, environment.clone()).unwrap();
+        assert_eq!(c.metrics.listen, "127.0.0.1:7001", "env over demo default");
+        assert_eq!(c.metrics.watched_skus, ["MINE"]);
+        assert_eq!(c.log.level, "warn");
+        assert_eq!(c.kafka.brokers, MOCK, "the embedded broker is the demo");
+
+        let flagged = DemoArgs {
+            metrics_listen: Some("127.0.0.1:7002".into()),
+            ..DemoArgs::default()
+        };
+        let c = config(&flagged, MOCK, &hot, &PAYMENTS, environment).unwrap();
+        assert_eq!(c.metrics.listen, "127.0.0.1:7002", "flag over env");
+    }
+
+    #[test]
+    fn a_config_file_sits_between_the_defaults_and_the_environment() {
+        let file = std::env::temp_dir().join(format!("orderflow-demo-{}.toml", std::process::id()));
+        let text = "[log]\nlevel = \"info\"\n[metrics]\nlisten = \"127.0.0.1:7003\"\n";
+        std::fs::write(&file, text).unwrap();
+        let args = DemoArgs {
+            config: Some(file.clone()),
+            ..DemoArgs::default()
+        };
+        let c = config(&args, MOCK, &[], &PAYMENTS, Vec::new()).unwrap();
+        assert_eq!(c.log.level, "info", "file over demo default");
+        assert_eq!(c.metrics.listen, "127.0.0.1:7003");
+        let c = config(
+            &args,
+            MOCK,
+            &[],
+            &PAYMENTS,
+            vec![("ORDERFLOW__LOG__LEVEL".into(), "debug".into())],
+        )
+        .unwrap();
+        assert_eq!(c.log.level, "debug", "env over file");
+        let _ = std::fs::remove_file(&file);
+    }
+
+    #[test]
+    fn env_names_match_as_the_config_reads_them() {
+        assert!(env_names("ORDERFLOW__METRICS__LISTEN", "metrics.listen"));
+        assert!(env_names("ORDERFLOW__metrics__Listen", "metrics.listen"));
+        assert!(!env_names("ORDERFLOW__METRICS__LISTENER", "metrics.listen"));
+        assert!(!env_names("METRICS__LISTEN", "metrics.listen"));
+    }
 }

@@ -115,5 +115,8 @@ fn run(config: Config) -> anyhow::Result<()> {
     runtime.spawn(app::shutdown_on_signal(shutdown.clone()));
     let readiness = Readiness::new(&shutdown);
     let _metrics = runtime.block_on(async { app::serve_metrics(&config.metrics, &readiness) })?;
-    app::run_with_readiness(config, shutdown, &readiness)
+    let result = app::run_with_readiness(config, shutdown, &readiness);
+    // Probes and scrapes already accepted get their (503) answer, not a reset.
+    runtime.block_on(orderflow::telemetry::close_http());
+    result
 }

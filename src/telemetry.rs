@@ -10,15 +10,17 @@
 //! the hot path touches no shared state (see `benches/telemetry.rs` and
 //! docs/benchmarks.md).
 
-use crate::engine::Outcome;
+use crate::engine::{Latency, LifeOutcome, OrderState, Outcome, Output};
+use crate::lifecycle::{CommandKind, EventKind, Refusal};
 use crate::order::decode::DlqReason;
 use crate::order::Reason;
 use crate::shutdown::Shutdown;
 use metrics::{
     counter, describe_counter, describe_gauge, describe_histogram, gauge, histogram, Counter,
-    Histogram, Unit,
+    Gauge, Histogram, Unit,
 };
 use metrics_exporter_prometheus::{BuildError, Matcher, PrometheusBuilder, PrometheusHandle};
+use std::collections::BTreeMap;
 use std::net::SocketAddr;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, OnceLock};
@@ -32,6 +34,7 @@ pub const CANCELLATIONS_IGNORED_TOTAL: &str = "orderflow_cancellations_ignored_t
 pub const RECORDS_REPLAYED_TOTAL: &str = "orderflow_records_replayed_total";
 pub const RECOVERED_ORDERS_TOTAL: &str = "orderflow_recovered_orders_total";
 pub const ORDER_LATENCY_SECONDS: &str = "orderflow_order_latency_seconds";
+pub const ORDER_LATENCY_OUT_OF_RANGE_TOTAL: &str = "orderflow_order_latency_out_of_range_total";
 pub const PROCESSING_SECONDS: &str = "orderflow_processing_seconds";
 pub const INVENTORY_AVAILABLE_UNITS: &str = "orderflow_inventory_available_units";
 pub const INVENTORY_SKUS: &str = "orderflow_inventory_skus";
@@ -41,9 +44,17 @@ pub const CONSUMER_LAG_MESSAGES: &str = "orderflow_consumer_lag_messages";
 pub const SHARD_QUEUE_DEPTH: &str = "orderflow_shard_queue_depth";
 pub const FULFILLMENTS_TOTAL: &str = "orderflow_fulfillments_total";
 pub const KAFKA_ERRORS_TOTAL: &str = "orderflow_kafka_errors_total";
+pub const OUTPUTS_REDELIVERED_TOTAL: &str = "orderflow_outputs_redelivered_total";
 pub const OUTPUTS_PENDING: &str = "orderflow_outputs_pending";
 pub const PARTITIONS_ASSIGNED: &str = "orderflow_partitions_assigned";
 pub const BUILD_INFO: &str = "orderflow_build_info";
+pub const PAYMENT_CAPTURES_TOTAL: &str = "orderflow_payment_captures_total";
+pub const PAYMENT_COMMANDS_TOTAL: &str = "orderflow_payment_commands_total";
+pub const PAYMENT_RETRIES_TOTAL: &str = "orderflow_payment_retries_total";
+pub const PAYMENTS_ATTENTION: &str = "orderflow_payments_attention";
+pub const PAYMENT_CAPTURE_SECONDS: &str = "orderflow_payment_capture_seconds";
+pub const INPUTS_REJECTED_TOTAL: &str = "orderflow_inputs_rejected_total";
+pub const LIFECYCLE_EVENTS_TOTAL: &str = "orderflow_lifecycle_events_total";
 
 /// The kind of a metric, as Prometheus names it.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -55,7 +66,7 @@ pub enum Kind {
 
 /// Every metric this process exports, with its kind. Dashboards, alert
 /// rules and their tests are checked against this list.
-pub const METRICS: [(&str, Kind); 19] = [
+pub const METRICS: [(&str, Kind); 28] = [
     (ORDERS_TOTAL, Kind::Counter),
     (ORDERS_REJECTED_TOTAL, Kind::Counter),
     (DLQ_RECORDS_TOTAL, Kind::Counter),
@@ -63,6 +74,7 @@ pub const METRICS: [(&str, Kind); 19] = [
     (RECORDS_REPLAYED_TOTAL, Kind::Counter),
     (RECOVERED_ORDERS_TOTAL, Kind::Counter),
     (ORDER_LATENCY_SECONDS, Kind::Histogram),
+    (ORDER_LATENCY_OUT_OF_RANGE_TOTAL, Kind::Counter),
     (PROCESSING_SECONDS, Kind::Histogram),
     (INVENTORY_AVAILABLE_UNITS, Kind::Gauge),
     (INVENTORY_SKUS, Kind::Gauge),
@@ -72,9 +84,17 @@ pub const METRICS: [(&str, Kind); 19] = [
     (SHARD_QUEUE_DEPTH, Kind::Gauge),
     (FULFILLMENTS_TOTAL, Kind::Counter),
     (KAFKA_ERRORS_TOTAL, Kind::Counter),
+    (OUTPUTS_REDELIVERED_TOTAL, Kind::Counter),
     (OUTPUTS_PENDING, Kind::Gauge),
     (PARTITIONS_ASSIGNED, Kind::Gauge),
     (BUILD_INFO, Kind::Gauge),
+    (PAYMENT_CAPTURES_TOTAL, Kind::Counter),
+    (PAYMENT_COMMANDS_TOTAL, Kind::Counter),
+    (PAYMENT_RETRIES_TOTAL, Kind::Counter),
+    (PAYMENTS_ATTENTION, Kind::Gauge),
+    (PAYMENT_CAPTURE_SECONDS, Kind::Histogram),
+    (INPUTS_REJECTED_TOTAL, Kind::Counter),
+    (LIFECYCLE_EVENTS_TOTAL, Kind::Counter),
 ];
 
 /// Every series name a scrape can contain: histograms add `_bucket`,
@@ -115,25 +135,87 @@ pub const PROCESSING_BUCKETS: [f64; 18] = [
     0.25, 0.5, 1.0, 5.0,
 ];
 
+/// acceptance → capture of a payment. The simulated gateway answers in
+/// milliseconds and a real one in well under a second, so the buckets are
+/// dense from 5 ms to 5 s; a capture that needed retries comes minutes or
+/// hours later (`payments.retry_initial_ms`, five minutes by default,
+/// doubling up to `payments.retry_max_ms`, two hours), so they go on to a
+/// day. Cash on delivery is captured at delivery, days later: +Inf.
+pub const CAPTURE_BUCKETS: [f64; 18] = [
+    0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 30.0, 60.0, 300.0, 900.0, 1_800.0,
+    3_600.0, 7_200.0, 86_400.0,
+];
+
+/// `outcome` values of `orderflow_payment_captures_total`: a capture
+/// succeeded (`payment_captured`), was declined (`payment_declined`), or
+/// gave up to staff (`payment_attention` of a capture, not of a void).
+pub const CAPTURE_OUTCOMES: [&str; 3] = ["succeeded", "declined", "attention"];
+/// `type` values of `orderflow_payment_commands_total`, each
+/// `CommandKind::as_str` (a unit test checks).
+pub const COMMAND_TYPES: [&str; 3] = ["capture", "void", "refund"];
+
 /// `outcome` values of `orderflow_orders_total`, in the order of `Handles::outcomes`.
 pub const OUTCOMES: [&str; 5] = ["accepted", "rejected", "cancelled", "duplicate", "dlq"];
 /// `type` values of `orderflow_fulfillments_total`.
 pub const FULFILLMENT_TYPES: [&str; 2] = ["fulfillment_requested", "fulfillment_cancelled"];
 /// `result` values of `orderflow_inventory_events_total`.
 pub const INVENTORY_RESULTS: [&str; 2] = ["applied", "dlq"];
-/// `kind` values of `orderflow_kafka_errors_total` (see
-/// `kafka::sink::error_kind`, plus `commit` for failed offset commits).
-pub const KAFKA_ERROR_KINDS: [&str; 9] = [
-    "message_timed_out",
-    "queue_full",
-    "all_brokers_down",
-    "transport",
-    "unknown_topic",
-    "message_too_large",
-    "broker",
-    "client",
-    "commit",
-];
+/// The `kind` label of `orderflow_kafka_errors_total`: a closed set, listed
+/// in docs/contract.md. Client errors are sorted into the first eight by
+/// `kafka::error_kind`; the last three name what the processor was doing.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum KafkaErrorKind {
+    MessageTimedOut,
+    QueueFull,
+    AllBrokersDown,
+    Transport,
+    UnknownTopic,
+    MessageTooLarge,
+    /// Any other error a broker answered with.
+    Broker,
+    /// Any other error of the client library itself.
+    Client,
+    /// A consumed offset could not be committed.
+    Commit,
+    /// A partition's state could not be read from the status topic.
+    Restore,
+    /// A Kafka transaction could not be committed (or begun).
+    Transaction,
+}
+
+impl KafkaErrorKind {
+    /// Every kind, in declaration order (`kind as usize` is its index).
+    pub const ALL: [KafkaErrorKind; 11] = [
+        KafkaErrorKind::MessageTimedOut,
+        KafkaErrorKind::QueueFull,
+        KafkaErrorKind::AllBrokersDown,
+        KafkaErrorKind::Transport,
+        KafkaErrorKind::UnknownTopic,
+        KafkaErrorKind::MessageTooLarge,
+        KafkaErrorKind::Broker,
+        KafkaErrorKind::Client,
+        KafkaErrorKind::Commit,
+        KafkaErrorKind::Restore,
+        KafkaErrorKind::Transaction,
+    ];
+
+    /// The label value.
+    pub const fn as_str(self) -> &'static str {
+        match self {
+            KafkaErrorKind::MessageTimedOut => "message_timed_out",
+            KafkaErrorKind::QueueFull => "queue_full",
+            KafkaErrorKind::AllBrokersDown => "all_brokers_down",
+            KafkaErrorKind::Transport => "transport",
+            KafkaErrorKind::UnknownTopic => "unknown_topic",
+            KafkaErrorKind::MessageTooLarge => "message_too_large",
+            KafkaErrorKind::Broker => "broker",
+            KafkaErrorKind::Client => "client",
+            KafkaErrorKind::Commit => "commit",
+            KafkaErrorKind::Restore => "restore",
+            KafkaErrorKind::Transaction => "transaction",
+        }
+    }
+}
 
 /// Errors starting the metrics endpoint.
 #[derive(Debug, thiserror::Error)]
@@ -159,6 +241,10 @@ pub fn recorder() -> Result<metrics_exporter_prometheus::PrometheusRecorder, Bui
         .set_buckets_for_metric(
             Matcher::Full(PROCESSING_SECONDS.into()),
             &PROCESSING_BUCKETS,
+        )?
+        .set_buckets_for_metric(
+            Matcher::Full(PAYMENT_CAPTURE_SECONDS.into()),
+            &CAPTURE_BUCKETS,
         )?
         .build_recorder())
 }
@@ -193,8 +279,27 @@ pub fn install(listen: SocketAddr, readiness: Readiness) -> Result<PrometheusHan
             upkeep.run_upkeep();
         }
     });
-    tokio::spawn(http::serve(listener, handle.clone(), readiness));
+    let server = http::Server::new(http::LIMITS);
+    let _ = SERVER.set(server.clone());
+    tokio::spawn(http::serve(listener, server, handle.clone(), readiness));
     Ok(handle)
+}
+
+/// The listener [`install`] started, for [`close_http`].
+static SERVER: OnceLock<Arc<http::Server>> = OnceLock::new();
+
+/// How long [`close_http`] waits at most for requests in progress.
+pub const HTTP_CLOSE_TIMEOUT: Duration = http::HEAD_TIMEOUT;
+
+/// Stops the `/metrics`, `/health`, `/ready` listener at exit: no new
+/// connections, and every one already accepted is answered (a probe sees
+/// the shutdown's 503 rather than a reset), waiting at most
+/// [`HTTP_CLOSE_TIMEOUT`]. Call from inside the runtime that serves it,
+/// after the processor stopped; without a listener it returns at once.
+pub async fn close_http() {
+    if let Some(server) = SERVER.get() {
+        server.close(HTTP_CLOSE_TIMEOUT).await;
+    }
 }
 
 /// Help texts and units of every metric, and the build info series.
@@ -225,6 +330,11 @@ pub fn describe() {
         Unit::Seconds,
         "Time from an order's placed_at to its accept or reject decision."
     );
+    describe_counter!(
+        ORDER_LATENCY_OUT_OF_RANGE_TOTAL,
+        "Decided orders whose placed_at is after the decision or over an hour before it; \
+         left out of orderflow_order_latency_seconds."
+    );
     describe_histogram!(
         PROCESSING_SECONDS,
         Unit::Seconds,
@@ -253,6 +363,10 @@ pub fn describe() {
     );
     describe_counter!(FULFILLMENTS_TOTAL, "Fulfillment events emitted, by type.");
     describe_counter!(KAFKA_ERRORS_TOTAL, "Kafka client errors, by kind.");
+    describe_counter!(
+        OUTPUTS_REDELIVERED_TOTAL,
+        "Output records sent again after their delivery failed for good (an outage)."
+    );
     describe_gauge!(
         OUTPUTS_PENDING,
         "Output records produced but not yet acknowledged by the broker."
@@ -265,6 +379,35 @@ pub fn describe() {
         BUILD_INFO,
         "Always 1; the version of the running binary is in its labels."
     );
+    describe_counter!(
+        PAYMENT_CAPTURES_TOTAL,
+        "Payment captures settled, by outcome (succeeded, declined, attention: given up to staff)."
+    );
+    describe_counter!(
+        PAYMENT_COMMANDS_TOTAL,
+        "Payment command attempts sent to payment-requests, by type (capture, void, refund)."
+    );
+    describe_counter!(
+        PAYMENT_RETRIES_TOTAL,
+        "Payment attempts that failed or timed out and were scheduled again."
+    );
+    describe_gauge!(
+        PAYMENTS_ATTENTION,
+        "Payments and refunds of remembered orders waiting for staff, over all shards."
+    );
+    describe_histogram!(
+        PAYMENT_CAPTURE_SECONDS,
+        Unit::Seconds,
+        "Time from an order's acceptance to the capture of one of its payments."
+    );
+    describe_counter!(
+        INPUTS_REJECTED_TOTAL,
+        "Records about accepted orders refused with input_rejected, by reason."
+    );
+    describe_counter!(
+        LIFECYCLE_EVENTS_TOTAL,
+        "Events written to order-events, by type."
+    );
     gauge!(BUILD_INFO, "version" => env!("CARGO_PKG_VERSION")).set(1.0);
 }
 
@@ -273,13 +416,21 @@ pub fn describe() {
 struct Handles {
     outcomes: [Counter; 5],
     rejected: [Counter; 7],
-    dlq: [Counter; 7],
+    dlq: [Counter; DlqReason::ALL.len()],
     cancels_ignored: Counter,
     replayed: Counter,
     latency: Histogram,
+    latency_out_of_range: Counter,
     processing: Histogram,
     fulfillments: [Counter; 2],
     inventory_events: [Counter; 2],
+    captures: [Counter; 3],
+    commands: [Counter; 3],
+    retries: Counter,
+    attention: Gauge,
+    capture_latency: Histogram,
+    inputs_rejected: [Counter; Refusal::ALL.len()],
+    events: [Counter; EventKind::TYPES.len()],
 }
 
 static HANDLES: OnceLock<Handles> = OnceLock::new();
@@ -300,11 +451,21 @@ impl Handles {
             cancels_ignored: counter!(CANCELLATIONS_IGNORED_TOTAL),
             replayed: counter!(RECORDS_REPLAYED_TOTAL),
             latency: histogram!(ORDER_LATENCY_SECONDS),
+            latency_out_of_range: counter!(ORDER_LATENCY_OUT_OF_RANGE_TOTAL),
             processing: histogram!(PROCESSING_SECONDS),
             fulfillments: FULFILLMENT_TYPES
                 .map(|kind| counter!(FULFILLMENTS_TOTAL, "type" => kind)),
             inventory_events: INVENTORY_RESULTS
                 .map(|result| counter!(INVENTORY_EVENTS_TOTAL, "result" => result)),
+            captures: CAPTURE_OUTCOMES
+                .map(|outcome| counter!(PAYMENT_CAPTURES_TOTAL, "outcome" => outcome)),
+            commands: COMMAND_TYPES.map(|kind| counter!(PAYMENT_COMMANDS_TOTAL, "type" => kind)),
+            retries: counter!(PAYMENT_RETRIES_TOTAL),
+            attention: gauge!(PAYMENTS_ATTENTION),
+            capture_latency: histogram!(PAYMENT_CAPTURE_SECONDS),
+            inputs_rejected: Refusal::ALL
+                .map(|reason| counter!(INPUTS_REJECTED_TOTAL, "reason" => reason.as_str())),
+            events: EventKind::TYPES.map(|kind| counter!(LIFECYCLE_EVENTS_TOTAL, "type" => kind)),
         }
     }
 }
@@ -313,12 +474,14 @@ impl Handles {
 /// alerts see 0, not "no data", before the first event of a kind.
 pub fn init_series() {
     handles();
-    for kind in KAFKA_ERROR_KINDS {
-        counter!(KAFKA_ERRORS_TOTAL, "kind" => kind).increment(0);
+    for kind in KafkaErrorKind::ALL {
+        counter!(KAFKA_ERRORS_TOTAL, "kind" => kind.as_str()).increment(0);
     }
+    counter!(OUTPUTS_REDELIVERED_TOTAL).increment(0);
     gauge!(OVERSOLD_UNITS).set(0.0);
     gauge!(OUTPUTS_PENDING).set(0.0);
     gauge!(PARTITIONS_ASSIGNED).set(0.0);
+    gauge!(PAYMENTS_ATTENTION).set(0.0);
 }
 
 /// The per-record metrics of one shard thread, buffered.
@@ -337,15 +500,38 @@ pub struct ShardTelemetry {
     handles: &'static Handles,
     outcomes: [u64; 5],
     rejected: [u64; 7],
-    dlq: [u64; 7],
+    dlq: [u64; DlqReason::ALL.len()],
     cancels_ignored: u64,
     replayed: u64,
     fulfillments: [u64; 2],
+    /// Units of accepted orders per SKU, for the hot set.
+    sold: SoldTally,
     /// Seconds, placed → decision, of decided orders since the last flush.
     latency: Vec<f64>,
+    /// Decided orders whose latency was out of range, since the last flush.
+    latency_out_of_range: u64,
     /// Seconds, received → outputs enqueued, since the last flush.
     processing: Vec<f64>,
+    /// Lifecycle events by type, and what they say about payments.
+    events: [u64; EventKind::TYPES.len()],
+    captures: [u64; 3],
+    retries: u64,
+    commands: [u64; 3],
+    inputs_rejected: [u64; Refusal::ALL.len()],
+    /// Seconds, acceptance → capture, since the last flush.
+    capture_latency: Vec<f64>,
+    /// Payments and refunds waiting for staff in this shard's books, as
+    /// last reported; published to [`SHARD_ATTENTION`] at each flush.
+    attention: usize,
+    /// This shard's entry in [`SHARD_ATTENTION`].
+    attention_slot: u64,
 }
+
+/// Every live shard's count of payments and refunds waiting for staff, by
+/// slot: the gauge is their sum (a shard only sees its own books).
+static SHARD_ATTENTION: parking_lot::Mutex<BTreeMap<u64, usize>> =
+    parking_lot::Mutex::new(BTreeMap::new());
+static NEXT_ATTENTION_SLOT: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
 
 impl Default for ShardTelemetry {
     fn default() -> Self {
@@ -359,12 +545,22 @@ impl ShardTelemetry {
             handles,
             outcomes: [0; 5],
             rejected: [0; 7],
-            dlq: [0; 7],
+            dlq: [0; DlqReason::ALL.len()],
             cancels_ignored: 0,
             replayed: 0,
             fulfillments: [0; 2],
+            sold: SoldTally::new(),
             latency: Vec::with_capacity(Self::FLUSH_RECORDS),
+            latency_out_of_range: 0,
             processing: Vec::with_capacity(Self::FLUSH_RECORDS),
+            events: [0; EventKind::TYPES.len()],
+            captures: [0; 3],
+            retries: 0,
+            commands: [0; 3],
+            inputs_rejected: [0; Refusal::ALL.len()],
+            capture_latency: Vec::new(),
+            attention: 0,
+            attention_slot: NEXT_ATTENTION_SLOT.fetch_add(1, Ordering::Relaxed),
         }
     }
 }
@@ -382,12 +578,7 @@ impl ShardTelemetry {
     /// One order record processed: counts it, keeps its timings, logs it.
     /// `Reason` and `DlqReason` are fieldless enums listed in `ALL` in
     /// declaration order, so `as usize` is their index (a unit test checks).
-    pub fn order_processed(
-        &mut self,
-        outcome: Outcome,
-        latency: Option<Duration>,
-        processing: Duration,
-    ) {
+    pub fn order_processed(&mut self, outcome: Outcome, latency: Latency, processing: Duration) {
         match outcome {
             Outcome::Accepted => self.outcomes[0] += 1,
             Outcome::Rejected(reason) => {
@@ -410,6 +601,18 @@ impl ShardTelemetry {
                 self.cancels_ignored += 1;
                 tracing::debug!("cancellation of an order without an active acceptance ignored");
             }
+            // Its events and commands are counted by `outputs_emitted`;
+            // here, what only the outcome knows.
+            Outcome::Life(LifeOutcome::Applied { captured_after_ms }) => {
+                if let Some(ms) = captured_after_ms {
+                    self.capture_latency.push(ms as f64 / 1000.0);
+                }
+            }
+            Outcome::Life(LifeOutcome::Unchanged) => {}
+            Outcome::Life(LifeOutcome::Refused(reason)) => {
+                self.inputs_rejected[reason as usize] += 1;
+                tracing::debug!(reason = reason.as_str(), "input about an order refused");
+            }
             Outcome::DeadLetter(reason) => {
                 self.outcomes[4] += 1;
                 self.dlq[reason as usize] += 1;
@@ -421,8 +624,10 @@ impl ShardTelemetry {
                 );
             }
         }
-        if let Some(latency) = latency {
-            self.latency.push(latency.as_secs_f64());
+        match latency {
+            Latency::Measured(latency) => self.latency.push(latency.as_secs_f64()),
+            Latency::OutOfRange => self.latency_out_of_range += 1,
+            Latency::Absent => {}
         }
         self.processing.push(processing.as_secs_f64());
         if self.processing.len() >= Self::FLUSH_RECORDS {
@@ -436,8 +641,63 @@ impl ShardTelemetry {
         self.fulfillments[usize::from(kind == FULFILLMENT_TYPES[1])] += 1;
     }
 
+    /// What one record's (or one clock tick's) outputs count: each
+    /// fulfillment by type, an acceptance's units per SKU (for the hot set),
+    /// each lifecycle event by type (and the captures and retries among
+    /// them), each payment command by type. A replay after a crash sends
+    /// its outputs again and they are counted again, as fulfillments are.
+    pub fn outputs_emitted(&mut self, outputs: &[Output]) {
+        for output in outputs {
+            match output {
+                Output::Fulfillment { kind, .. } => self.fulfillment_emitted(kind),
+                Output::Status { record, .. } if record.state == OrderState::Accepted => {
+                    if let Some(holding) = &record.holding {
+                        self.units_sold(&holding.demand);
+                    }
+                }
+                Output::Status { .. } | Output::DeadLetter(_) | Output::State { .. } => {}
+                Output::Event { kind, payload, .. } => self.event_emitted(kind, payload),
+                Output::Command { kind, .. } => self.commands[command_index(*kind)] += 1,
+            }
+        }
+    }
+
+    /// One lifecycle event; `kind` is one of `EventKind::TYPES`.
+    fn event_emitted(&mut self, kind: &str, payload: &[u8]) {
+        let Some(index) = EventKind::TYPES.iter().position(|t| *t == kind) else {
+            debug_assert!(false, "unknown event type {kind}");
+            return;
+        };
+        self.events[index] += 1;
+        match kind {
+            "payment_captured" => self.captures[0] += 1,
+            "payment_declined" => self.captures[1] += 1,
+            // A void that gives up is not a capture's outcome; its event ID
+            // says so (`…:void-attention-N`). Rare, so the search is cheap.
+            "payment_attention" if !contains(payload, VOID_ATTENTION) => self.captures[2] += 1,
+            "payment_retry_scheduled" => self.retries += 1,
+            _ => {}
+        }
+    }
+
+    /// The payments and refunds waiting for staff in this shard's books
+    /// now (the sum of their `OrderBook::in_attention`); the gauge shows
+    /// the sum over every shard from the next flush.
+    pub fn payments_in_attention(&mut self, count: usize) {
+        self.attention = count;
+    }
+
+    /// An accepted order's units, per SKU, for the automatic hot-SKU set
+    /// (see [`HOT_SKUS`]).
+    pub fn units_sold(&mut self, demand: &[(String, u32)]) {
+        for (sku, units) in demand {
+            self.sold.add(sku, u64::from(*units));
+        }
+    }
+
     /// Hands everything buffered to the exporter.
     pub fn flush(&mut self) {
+        self.sold.publish();
         fn add(counters: &[Counter], counts: &mut [u64]) {
             for (counter, count) in counters.iter().zip(counts.iter_mut()) {
                 if *count > 0 {
@@ -458,19 +718,58 @@ impl ShardTelemetry {
             std::slice::from_mut(&mut self.replayed),
         );
         add(&h.fulfillments, &mut self.fulfillments);
+        add(
+            std::slice::from_ref(&h.latency_out_of_range),
+            std::slice::from_mut(&mut self.latency_out_of_range),
+        );
         for seconds in self.latency.drain(..) {
             h.latency.record(seconds);
         }
         for seconds in self.processing.drain(..) {
             h.processing.record(seconds);
         }
+        add(&h.events, &mut self.events);
+        add(&h.captures, &mut self.captures);
+        add(&h.commands, &mut self.commands);
+        add(&h.inputs_rejected, &mut self.inputs_rejected);
+        add(
+            std::slice::from_ref(&h.retries),
+            std::slice::from_mut(&mut self.retries),
+        );
+        for seconds in self.capture_latency.drain(..) {
+            h.capture_latency.record(seconds);
+        }
+        let mut attention = SHARD_ATTENTION.lock();
+        attention.insert(self.attention_slot, self.attention);
+        h.attention.set(attention.values().sum::<usize>() as f64);
+    }
+}
+
+/// The marker in a void's `payment_attention` event ID.
+const VOID_ATTENTION: &[u8] = b":void-attention-";
+
+fn contains(haystack: &[u8], needle: &[u8]) -> bool {
+    haystack.windows(needle.len()).any(|w| w == needle)
+}
+
+fn command_index(kind: CommandKind) -> usize {
+    match kind {
+        CommandKind::Capture => 0,
+        CommandKind::Void => 1,
+        CommandKind::Refund => 2,
     }
 }
 
 impl Drop for ShardTelemetry {
-    /// A shard that stops still has its last records counted.
+    /// A shard that stops still has its last records counted, and its
+    /// payments in attention leave the sum (its books went with it).
     fn drop(&mut self) {
         self.flush();
+        let mut attention = SHARD_ATTENTION.lock();
+        attention.remove(&self.attention_slot);
+        self.handles
+            .attention
+            .set(attention.values().sum::<usize>() as f64);
     }
 }
 
@@ -502,11 +801,284 @@ pub fn inventory_event(result: Result<(), DlqReason>) {
     }
 }
 
-/// A Kafka client error; `kind` is one of [`KAFKA_ERROR_KINDS`].
-pub fn kafka_error(kind: &'static str, message: &str) {
-    debug_assert!(KAFKA_ERROR_KINDS.contains(&kind), "unknown kind {kind}");
-    counter!(KAFKA_ERRORS_TOTAL, "kind" => kind).increment(1);
-    tracing::warn!(kind, message, "kafka error");
+/// How often a Kafka error that keeps coming back is logged: its first
+/// occurrence is logged as it happens, later ones of the same kind within
+/// this interval only counted, and then summarized in one line (how many,
+/// and the last message) once the interval is over. Every one is counted
+/// in `orderflow_kafka_errors_total` as it happens. With no broker
+/// reachable, librdkafka reports several errors a second per client. The
+/// same holds for librdkafka's own warnings and errors, per facility
+/// (`FAIL`, `COMMITFAIL`, ...), which are logged but not counted.
+pub const KAFKA_ERROR_LOG_INTERVAL: Duration = Duration::from_secs(10);
+/// Longest error message kept for a summary line (librdkafka's are a few
+/// hundred bytes; anything longer is cut at a character boundary).
+const KAFKA_ERROR_MESSAGE_MAX_BYTES: usize = 512;
+/// librdkafka facilities whose warnings are rate-limited (it has a few
+/// dozen); past this many, further ones are logged as they come.
+const LIBRDKAFKA_FACILITIES_MAX: usize = 64;
+
+/// A Kafka client error: counted, and logged unless the same kind was
+/// logged within [`KAFKA_ERROR_LOG_INTERVAL`] (then summarized later).
+pub fn kafka_error(kind: KafkaErrorKind, message: &str) {
+    counter!(KAFKA_ERRORS_TOTAL, "kind" => kind.as_str()).increment(1);
+    let line = error_log().record(Subject::Kind(kind), message, std::time::Instant::now());
+    if let Some(line) = line {
+        line.log();
+    }
+}
+
+/// A log line of librdkafka itself: warnings and errors are rate-limited
+/// per facility like [`kafka_error`]; the rest is logged as it comes.
+pub fn librdkafka_log(level: rdkafka::config::RDKafkaLogLevel, facility: &str, message: &str) {
+    use rdkafka::config::RDKafkaLogLevel as L;
+    let severity = match level {
+        L::Emerg | L::Alert | L::Critical | L::Error => Severity::Error,
+        L::Warning => Severity::Warn,
+        L::Notice | L::Info => {
+            tracing::info!(target: "librdkafka", facility, message);
+            return;
+        }
+        L::Debug => {
+            tracing::debug!(target: "librdkafka", facility, message);
+            return;
+        }
+    };
+    let subject = Subject::Facility(severity, facility.to_string());
+    let line = error_log().record(subject, message, std::time::Instant::now());
+    if let Some(line) = line {
+        line.log();
+    }
+}
+
+/// Logs the summaries of repeated Kafka errors whose interval is over
+/// (called every second by the processor), or all of them if `all` (at
+/// exit), so no count is left unreported.
+pub fn kafka_error_summaries(all: bool) {
+    let lines = error_log().summaries(std::time::Instant::now(), all);
+    lines.into_iter().for_each(ErrorLine::log);
+}
+
+fn error_log() -> std::sync::MutexGuard<'static, ErrorLog> {
+    static LOG: std::sync::Mutex<ErrorLog> = std::sync::Mutex::new(ErrorLog::new());
+    // A panic while logging leaves nothing half-done that matters here.
+    LOG.lock()
+        .unwrap_or_else(std::sync::PoisonError::into_inner)
+}
+
+/// How loud a librdkafka line is.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Severity {
+    Warn,
+    Error,
+}
+
+/// What a rate-limited line is about.
+#[derive(Debug, Clone, PartialEq, Eq)]
+enum Subject {
+    Kind(KafkaErrorKind),
+    /// A librdkafka facility.
+    Facility(Severity, String),
+}
+
+/// Which Kafka errors to log now: a small state machine per subject, with
+/// the clock passed in, so its rules are tested without waiting.
+#[derive(Debug)]
+struct ErrorLog {
+    kinds: [KindLog; KafkaErrorKind::ALL.len()],
+    facilities: Vec<(Subject, KindLog)>,
+}
+
+#[derive(Debug)]
+struct KindLog {
+    /// When the current interval began: the last time a line was logged.
+    since: Option<std::time::Instant>,
+    /// Errors of this kind in the interval not logged yet.
+    suppressed: u64,
+    /// The last of them.
+    last: String,
+}
+
+/// A line to log about Kafka errors of one subject.
+#[derive(Debug, PartialEq, Eq)]
+enum ErrorLine {
+    /// The first error of its kind in an interval.
+    First { subject: Subject, message: String },
+    /// Errors of one kind counted but not logged in the last interval.
+    Repeated {
+        subject: Subject,
+        count: u64,
+        last: String,
+    },
+}
+
+impl ErrorLine {
+    fn log(self) {
+        let interval_s = KAFKA_ERROR_LOG_INTERVAL.as_secs();
+        match self {
+            ErrorLine::First {
+                subject: Subject::Kind(kind),
+                message,
+            } => tracing::warn!(kind = kind.as_str(), message, "kafka error"),
+            ErrorLine::Repeated {
+                subject: Subject::Kind(kind),
+                count,
+                last,
+            } => tracing::warn!(
+                kind = kind.as_str(),
+                count,
+                interval_s,
+                last,
+                "kafka error repeated (counted in orderflow_kafka_errors_total)"
+            ),
+            ErrorLine::First {
+                subject: Subject::Facility(severity, facility),
+                message,
+            } => match severity {
+                Severity::Warn => tracing::warn!(target: "librdkafka", facility, message),
+                Severity::Error => tracing::error!(target: "librdkafka", facility, message),
+            },
+            ErrorLine::Repeated {
+                subject: Subject::Facility(_, facility),
+                count,
+                last,
+            } => tracing::warn!(
+                target: "librdkafka",
+                facility,
+                count,
+                interval_s,
+                last,
+                "repeated"
+            ),
+        }
+    }
+}
+
+impl ErrorLog {
+    const fn new() -> Self {
+        const IDLE: KindLog = KindLog::new();
+        ErrorLog {
+            kinds: [IDLE; KafkaErrorKind::ALL.len()],
+            facilities: Vec::new(),
+        }
+    }
+
+    fn state(&mut self, subject: &Subject) -> Option<&mut KindLog> {
+        match subject {
+            Subject::Kind(kind) => Some(&mut self.kinds[*kind as usize]),
+            Subject::Facility(..) => {
+                let known = self.facilities.iter().position(|(s, _)| s == subject);
+                let index = match known {
+                    Some(index) => index,
+                    None if self.facilities.len() < LIBRDKAFKA_FACILITIES_MAX => {
+                        self.facilities.push((subject.clone(), KindLog::new()));
+                        self.facilities.len() - 1
+                    }
+                    None => return None,
+                };
+                Some(&mut self.facilities[index].1)
+            }
+        }
+    }
+
+    /// An error about `subject` at `now`: the line to log, if any (the
+    /// error itself, or, while it keeps repeating, the summary of the
+    /// interval that ended with it).
+    fn record(
+        &mut self,
+        subject: Subject,
+        message: &str,
+        now: std::time::Instant,
+    ) -> Option<ErrorLine> {
+        let Some(state) = self.state(&subject) else {
+            return Some(ErrorLine::First {
+                subject,
+                message: bounded(message).to_string(),
+            });
+        };
+        let in_interval = state
+            .since
+            .is_some_and(|since| now.duration_since(since) < KAFKA_ERROR_LOG_INTERVAL);
+        state.last.clear();
+        state.last.push_str(bounded(message));
+        if in_interval {
+            state.suppressed += 1;
+            return None;
+        }
+        state.since = Some(now);
+        if state.suppressed > 0 {
+            state.suppressed += 1;
+            return state.summary(subject);
+        }
+        Some(ErrorLine::First {
+            subject,
+            message: std::mem::take(&mut state.last),
+        })
+    }
+
+    /// Summaries of the subjects whose interval is over at `now` (every
+    /// one with errors not logged yet if `all`).
+    fn summaries(&mut self, now: std::time::Instant, all: bool) -> Vec<ErrorLine> {
+        let kinds = KafkaErrorKind::ALL
+            .iter()
+            .map(|kind| Subject::Kind(*kind))
+            .zip(self.kinds.iter_mut());
+        let facilities = self
+            .facilities
+            .iter_mut()
+            .map(|(s, state)| (s.clone(), state));
+        let mut lines = Vec::new();
+        for (subject, state) in kinds.chain(facilities) {
+            let over = state
+                .since
+                .is_some_and(|since| now.duration_since(since) >= KAFKA_ERROR_LOG_INTERVAL);
+            if over || all {
+                if let Some(line) = state.summary(subject) {
+                    // The next interval starts with this summary: errors
+                    // that go on are summarized again one interval later.
+                    state.since = Some(now);
+                    lines.push(line);
+                }
+            }
+        }
+        lines
+    }
+}
+
+impl KindLog {
+    const fn new() -> Self {
+        KindLog {
+            since: None,
+            suppressed: 0,
+            last: String::new(),
+        }
+    }
+
+    /// The summary of the errors not logged yet, if any; resets the count.
+    fn summary(&mut self, subject: Subject) -> Option<ErrorLine> {
+        (self.suppressed > 0).then(|| ErrorLine::Repeated {
+            subject,
+            count: std::mem::take(&mut self.suppressed),
+            last: std::mem::take(&mut self.last),
+        })
+    }
+}
+
+/// `message` cut to [`KAFKA_ERROR_MESSAGE_MAX_BYTES`] at a character boundary.
+fn bounded(message: &str) -> &str {
+    if message.len() <= KAFKA_ERROR_MESSAGE_MAX_BYTES {
+        return message;
+    }
+    let mut end = KAFKA_ERROR_MESSAGE_MAX_BYTES;
+    while !message.is_char_boundary(end) {
+        end -= 1;
+    }
+    &message[..end]
+}
+
+/// Outputs sent again after their delivery failed (a broker outage longer
+/// than the producer's `message.timeout.ms`).
+pub fn outputs_redelivered(count: usize) {
+    counter!(OUTPUTS_REDELIVERED_TOTAL).increment(count as u64);
 }
 
 /// A shard's queue depth, reported periodically by the shard itself.
@@ -529,6 +1101,162 @@ pub fn partitions_assigned(count: usize) {
 
 pub fn outputs_pending(pending: usize) {
     gauge!(OUTPUTS_PENDING).set(pending as f64);
+}
+
+/// SKUs whose available units are exported without being configured: the
+/// top this many by units sold since the process started, beside
+/// `metrics.watched_skus`, so every sale's stock panel shows its hottest
+/// SKUs.
+pub const HOT_SKUS: usize = 10;
+/// SKU labels the automatic set exports over the process's life at most. A
+/// SKU that was once among the [`HOT_SKUS`] keeps its series (its value
+/// stays current: it is read like the others), so a ranking that churns
+/// cannot grow the label set past this.
+pub const HOT_SKU_SERIES_MAX: usize = 2 * HOT_SKUS;
+/// SKUs one shard's tally of units sold keeps at most. Past this, the
+/// lighter half is forgotten (the SKUs of a sale's tail), so memory is
+/// bounded whatever the catalog's size, and a SKU that sells a lot is
+/// never among the forgotten for long.
+const HOT_SKU_TALLY_MAX: usize = 4096;
+/// How often a shard hands its top SKUs to the process's hot set.
+const HOT_SKU_PUBLISH_INTERVAL: Duration = Duration::from_secs(1);
+
+/// One shard's units sold per SKU since it started. Per accepted line one
+/// FNV-1a hash lookup (SipHash would cost several times more on SKU-sized
+/// keys); ranking happens off the per-record path, once per
+/// [`HOT_SKU_PUBLISH_INTERVAL`].
+#[derive(Debug)]
+struct SoldTally {
+    units: std::collections::HashMap<
+        Box<str>,
+        u64,
+        std::hash::BuildHasherDefault<crate::inventory::SkuHasher>,
+    >,
+    /// This shard's entry in [`SHARD_TOPS`].
+    slot: u64,
+    published: Option<std::time::Instant>,
+}
+
+/// Every live shard's top SKUs (name, units sold), by tally slot.
+static SHARD_TOPS: parking_lot::Mutex<BTreeMap<u64, Vec<(String, u64)>>> =
+    parking_lot::Mutex::new(BTreeMap::new());
+static NEXT_TALLY_SLOT: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
+
+impl SoldTally {
+    fn new() -> Self {
+        SoldTally {
+            units: Default::default(),
+            slot: NEXT_TALLY_SLOT.fetch_add(1, Ordering::Relaxed),
+            published: None,
+        }
+    }
+
+    fn add(&mut self, sku: &str, units: u64) {
+        if let Some(count) = self.units.get_mut(sku) {
+            *count = count.saturating_add(units);
+            return;
+        }
+        if self.units.len() >= HOT_SKU_TALLY_MAX {
+            self.forget_lighter_half();
+        }
+        self.units.insert(sku.into(), units);
+    }
+
+    /// Keeps the SKUs above the median count: amortized a constant per new
+    /// SKU, since half the room is free again afterwards.
+    fn forget_lighter_half(&mut self) {
+        let mut counts: Vec<u64> = self.units.values().copied().collect();
+        let middle = counts.len() / 2;
+        let median = *counts.select_nth_unstable(middle).1;
+        self.units.retain(|_, count| *count > median);
+    }
+
+    /// The `n` SKUs that sold most, most first (ties by name).
+    fn top(&self, n: usize) -> Vec<(String, u64)> {
+        let mut all: Vec<(&str, u64)> = self.units.iter().map(|(s, c)| (&**s, *c)).collect();
+        let order = |a: &(&str, u64), b: &(&str, u64)| b.1.cmp(&a.1).then(a.0.cmp(b.0));
+        if all.len() > n && n > 0 {
+            all.select_nth_unstable_by(n - 1, order);
+            all.truncate(n);
+        }
+        all.sort_unstable_by(order);
+        all.into_iter()
+            .take(n)
+            .map(|(s, c)| (s.to_string(), c))
+            .collect()
+    }
+
+    /// Hands the top SKUs to the hot set, at most once per interval.
+    fn publish(&mut self) {
+        if self
+            .published
+            .is_some_and(|at| at.elapsed() < HOT_SKU_PUBLISH_INTERVAL)
+            || self.units.is_empty()
+        {
+            return;
+        }
+        self.published = Some(std::time::Instant::now());
+        // Twice the hot set: a SKU hot overall but a little less in this
+        // shard still adds its units.
+        let top = self.top(2 * HOT_SKUS);
+        SHARD_TOPS.lock().insert(self.slot, top);
+    }
+}
+
+impl Drop for SoldTally {
+    fn drop(&mut self) {
+        SHARD_TOPS.lock().remove(&self.slot);
+    }
+}
+
+/// The hottest SKUs over all shards: their tops' units summed.
+fn hottest(n: usize) -> Vec<String> {
+    let mut sums: BTreeMap<String, u64> = BTreeMap::new();
+    for top in SHARD_TOPS.lock().values() {
+        for (sku, units) in top {
+            let sum = sums.entry(sku.clone()).or_default();
+            *sum = sum.saturating_add(*units);
+        }
+    }
+    let mut ranked: Vec<(String, u64)> = sums.into_iter().collect();
+    ranked.sort_by(|a, b| b.1.cmp(&a.1).then(a.0.cmp(&b.0)));
+    ranked.into_iter().take(n).map(|(sku, _)| sku).collect()
+}
+
+/// The SKUs whose `orderflow_inventory_available_units` is exported: the
+/// configured `metrics.watched_skus`, then the automatic hot set (at most
+/// [`HOT_SKU_SERIES_MAX`] SKUs over the process's life, see [`HOT_SKUS`]).
+#[derive(Debug, Clone, Default)]
+pub struct StockGauges {
+    watched: Vec<String>,
+    hot: Vec<String>,
+}
+
+impl StockGauges {
+    pub fn new(watched: Vec<String>) -> Self {
+        StockGauges {
+            watched,
+            hot: Vec::new(),
+        }
+    }
+
+    /// Every SKU to export now, the hottest taken from the shards' tallies.
+    pub fn skus(&mut self) -> impl Iterator<Item = &String> {
+        self.admit(hottest(HOT_SKUS));
+        self.watched.iter().chain(&self.hot)
+    }
+
+    /// Adds the current top SKUs to the hot set, up to its lifetime bound.
+    fn admit(&mut self, top: Vec<String>) {
+        for sku in top {
+            if self.hot.len() >= HOT_SKU_SERIES_MAX {
+                break;
+            }
+            if !self.watched.contains(&sku) && !self.hot.contains(&sku) {
+                self.hot.push(sku);
+            }
+        }
+    }
 }
 
 /// Inventory gauges: SKU count, oversold units, and watched SKUs' stock.
@@ -584,26 +1312,140 @@ impl Readiness {
 /// Prometheus, Kubernetes probes and Docker health checks, without a web
 /// framework on the processor's dependency list. One request per
 /// connection; every connection is bounded in time, size and number.
+///
+/// Idle and slow clients cannot take the probes down: a connection has
+/// `http::HEAD_TIMEOUT` to send its request head, and when all
+/// `http::MAX_CONNECTIONS` slots are taken a new connection takes the
+/// slot of the one that has waited longest for its head (a probe or scrape
+/// sends its head at once, so it is never the oldest); only when every
+/// slot is busy answering is a new connection closed.
 mod http {
     use super::*;
+    use parking_lot::Mutex;
+    use std::collections::BTreeMap;
+    use tokio::sync::{oneshot, Notify, OwnedSemaphorePermit, Semaphore};
 
-    /// Connections served at once; more are closed right away.
-    const MAX_CONNECTIONS: usize = 64;
+    /// Connections held at once, reading a request or answering one: the
+    /// listener's bound (a task and at most `MAX_REQUEST_HEAD_BYTES` each,
+    /// about 2 MiB in all, and as many file descriptors).
+    pub const MAX_CONNECTIONS: usize = 256;
+    /// From accept to the end of the request head. Prometheus and the
+    /// probes send theirs in one packet; an idle or slow-loris connection
+    /// holds a slot at most this long (and less when slots run short).
+    pub const HEAD_TIMEOUT: Duration = Duration::from_secs(2);
+    /// Writing one response (a scrape is some tens of KiB) to a slow reader.
+    pub const WRITE_TIMEOUT: Duration = Duration::from_secs(10);
     /// Largest request head read; a scrape's is a few hundred bytes.
     const MAX_REQUEST_HEAD_BYTES: usize = 8 * 1024;
-    /// How long one connection may take, request and response.
-    const CONNECTION_TIMEOUT: Duration = Duration::from_secs(10);
     /// Wait after a failed accept (e.g. out of file descriptors).
     const ACCEPT_BACKOFF: Duration = Duration::from_millis(100);
+    /// How long a new connection waits for the slot of one it shed (the
+    /// shed task only has to wake up and drop it).
+    const SHED_WAIT: Duration = Duration::from_millis(100);
+
+    /// The bounds of one listener (tests shrink them).
+    #[derive(Debug, Clone, Copy)]
+    pub(super) struct Limits {
+        pub max_connections: usize,
+        pub head_timeout: Duration,
+        pub write_timeout: Duration,
+    }
+
+    pub(super) const LIMITS: Limits = Limits {
+        max_connections: MAX_CONNECTIONS,
+        head_timeout: HEAD_TIMEOUT,
+        write_timeout: WRITE_TIMEOUT,
+    };
+
+    /// One listener's shared state: its slots, the connections still
+    /// reading their head (oldest first, each with the sender that sheds
+    /// it), and the signal that closes it.
+    pub(super) struct Server {
+        limits: Limits,
+        slots: Arc<Semaphore>,
+        readers: Mutex<Readers>,
+        closing: Notify,
+    }
+
+    #[derive(Default)]
+    struct Readers {
+        next_id: u64,
+        waiting: BTreeMap<u64, oneshot::Sender<()>>,
+    }
+
+    impl Server {
+        pub(super) fn new(limits: Limits) -> Arc<Server> {
+            Arc::new(Server {
+                limits,
+                slots: Arc::new(Semaphore::new(limits.max_connections)),
+                readers: Mutex::new(Readers::default()),
+                closing: Notify::new(),
+            })
+        }
+
+        /// Connections held right now.
+        #[cfg(test)]
+        pub(super) fn held(&self) -> usize {
+            self.limits.max_connections - self.slots.available_permits()
+        }
+
+        /// Connections given a slot so far.
+        #[cfg(test)]
+        pub(super) fn admitted(&self) -> u64 {
+            self.readers.lock().next_id
+        }
+
+        /// The connections still reading their head, oldest first.
+        #[cfg(test)]
+        pub(super) fn reading(&self) -> Vec<u64> {
+            self.readers.lock().waiting.keys().copied().collect()
+        }
+
+        /// Stops accepting, then waits until every accepted connection was
+        /// answered or gave up, at most `timeout`.
+        pub(super) async fn close(&self, timeout: Duration) {
+            self.closing.notify_one();
+            let all = u32::try_from(self.limits.max_connections).unwrap_or(u32::MAX);
+            let _ = tokio::time::timeout(timeout, self.slots.acquire_many(all)).await;
+        }
+
+        /// A slot for a new connection: a free one, else the one of the
+        /// connection that has waited longest for its request head.
+        async fn slot(&self) -> Option<OwnedSemaphorePermit> {
+            if let Ok(permit) = self.slots.clone().try_acquire_owned() {
+                return Some(permit);
+            }
+            let oldest = self.readers.lock().waiting.pop_first();
+            let (_, shed) = oldest?;
+            let _ = shed.send(());
+            tokio::time::timeout(SHED_WAIT, self.slots.clone().acquire_owned())
+                .await
+                .ok()?
+                .ok()
+        }
+
+        fn register(&self) -> (u64, oneshot::Receiver<()>) {
+            let mut readers = self.readers.lock();
+            let id = readers.next_id;
+            readers.next_id += 1;
+            let (shed, shed_signal) = oneshot::channel();
+            readers.waiting.insert(id, shed);
+            (id, shed_signal)
+        }
+    }
 
     pub(super) async fn serve(
         listener: tokio::net::TcpListener,
+        server: Arc<Server>,
         handle: PrometheusHandle,
         readiness: Readiness,
     ) {
-        let permits = Arc::new(tokio::sync::Semaphore::new(MAX_CONNECTIONS));
         loop {
-            let stream = match listener.accept().await {
+            let accepted = tokio::select! {
+                accepted = listener.accept() => accepted,
+                () = server.closing.notified() => break,
+            };
+            let stream = match accepted {
                 Ok((stream, _)) => stream,
                 Err(error) => {
                     tracing::warn!(%error, "accepting a metrics connection");
@@ -611,25 +1453,50 @@ mod http {
                     continue;
                 }
             };
-            let Ok(permit) = permits.clone().try_acquire_owned() else {
-                continue; // dropping the stream closes it
+            let Some(permit) = server.slot().await else {
+                continue; // every slot is answering: dropping the stream closes it
             };
-            let handle = handle.clone();
-            let readiness = readiness.clone();
+            let (id, shed) = server.register();
+            let (server, handle, readiness) = (server.clone(), handle.clone(), readiness.clone());
             tokio::spawn(async move {
                 let _permit = permit;
-                let _ =
-                    tokio::time::timeout(CONNECTION_TIMEOUT, answer(stream, &handle, &readiness))
-                        .await;
+                connection(stream, id, shed, &server, &handle, &readiness).await;
             });
         }
+        // Dropping the listener refuses new connections from here on.
     }
 
-    async fn answer(
+    async fn connection(
         mut stream: tokio::net::TcpStream,
+        id: u64,
+        shed: oneshot::Receiver<()>,
+        server: &Server,
         handle: &PrometheusHandle,
         readiness: &Readiness,
-    ) -> std::io::Result<()> {
+    ) {
+        let head = tokio::select! {
+            head = tokio::time::timeout(server.limits.head_timeout, read_head(&mut stream)) => head,
+            _ = shed => return, // a newer connection took the slot
+        };
+        server.readers.lock().waiting.remove(&id);
+        let Ok(Ok(head)) = head else {
+            return; // timed out or failed: closed without an answer
+        };
+        let request_line = head
+            .split(|b| *b == b'\n')
+            .next()
+            .map(|line| String::from_utf8_lossy(line).trim_end().to_string())
+            .unwrap_or_default();
+        let response = route(&request_line, || handle.render(), readiness.is_ready());
+        let _ = tokio::time::timeout(server.limits.write_timeout, async {
+            stream.write_all(&response.to_bytes()).await?;
+            stream.shutdown().await
+        })
+        .await;
+    }
+
+    /// Reads up to the end of the request head (or its size limit, or EOF).
+    async fn read_head(stream: &mut tokio::net::TcpStream) -> std::io::Result<Vec<u8>> {
         let mut head = Vec::with_capacity(512);
         let mut chunk = [0u8; 1024];
         while !head.windows(4).any(|w| w == b"\r\n\r\n") && head.len() < MAX_REQUEST_HEAD_BYTES {
@@ -639,14 +1506,7 @@ mod http {
             }
             head.extend_from_slice(&chunk[..n]);
         }
-        let request_line = head
-            .split(|b| *b == b'\n')
-            .next()
-            .map(|line| String::from_utf8_lossy(line).trim_end().to_string())
-            .unwrap_or_default();
-        let response = route(&request_line, || handle.render(), readiness.is_ready());
-        stream.write_all(&response.to_bytes()).await?;
-        stream.shutdown().await
+        Ok(head)
     }
 
     #[derive(Debug, PartialEq, Eq)]
@@ -732,6 +1592,99 @@ mod tests {
         for (i, reason) in DlqReason::ALL.iter().enumerate() {
             assert_eq!(*reason as usize, i, "{reason:?}");
         }
+        for (i, reason) in Refusal::ALL.iter().enumerate() {
+            assert_eq!(*reason as usize, i, "{reason:?}");
+        }
+        for kind in [CommandKind::Capture, CommandKind::Void, CommandKind::Refund] {
+            assert_eq!(COMMAND_TYPES[command_index(kind)], kind.as_str());
+        }
+    }
+
+    #[test]
+    fn payments_are_counted_by_outcome_type_and_latency() {
+        let recorder = recorder().unwrap();
+        let handle = recorder.handle();
+        let event = |kind: &'static str, id: &str| Output::Event {
+            order_id: "o-1".into(),
+            kind,
+            payload: format!("{{\"event_id\":\"{id}\",\"type\":\"{kind}\"}}").into_bytes(),
+        };
+        let command = |kind| Output::Command {
+            order_id: "o-1".into(),
+            kind,
+            payload: Vec::new(),
+        };
+        metrics::with_local_recorder(&recorder, || {
+            let mut shard = ShardTelemetry::with_handles(Box::leak(Box::new(Handles::resolve())));
+            let mut other = ShardTelemetry::with_handles(shard.handles);
+            let ms = Duration::from_millis(1);
+            shard.outputs_emitted(&[
+                command(CommandKind::Capture),
+                command(CommandKind::Capture),
+                command(CommandKind::Void),
+                event("payment_captured", "o-1/p0:captured"),
+                event("order_paid", "o-1:paid"),
+                event("payment_declined", "o-2/p0:declined"),
+                event("payment_retry_scheduled", "o-3/p0:retry-2"),
+                event("payment_attention", "o-3/p0:attention-8"),
+                event("payment_attention", "o-4/p1:void-attention-8"),
+            ]);
+            shard.order_processed(
+                Outcome::Life(LifeOutcome::Applied {
+                    captured_after_ms: Some(40),
+                }),
+                Latency::Absent,
+                ms,
+            );
+            shard.order_processed(
+                Outcome::Life(LifeOutcome::Applied {
+                    captured_after_ms: None,
+                }),
+                Latency::Absent,
+                ms,
+            );
+            shard.order_processed(
+                Outcome::Life(LifeOutcome::Refused(Refusal::AlreadyShipped)),
+                Latency::Absent,
+                ms,
+            );
+            shard.order_processed(Outcome::Life(LifeOutcome::Unchanged), Latency::Absent, ms);
+            shard.payments_in_attention(2);
+            other.payments_in_attention(3);
+            shard.flush();
+            other.flush();
+            let both = handle.render();
+            assert!(
+                both.lines().any(|l| l == "orderflow_payments_attention 5"),
+                "both shards' books, summed: {both}"
+            );
+            drop(other);
+        });
+        let scrape = handle.render();
+        for line in [
+            "orderflow_payment_commands_total{type=\"capture\"} 2",
+            "orderflow_payment_commands_total{type=\"void\"} 1",
+            "orderflow_payment_commands_total{type=\"refund\"} 0",
+            "orderflow_payment_captures_total{outcome=\"succeeded\"} 1",
+            "orderflow_payment_captures_total{outcome=\"declined\"} 1",
+            "orderflow_payment_captures_total{outcome=\"attention\"} 1",
+            "orderflow_payment_retries_total 1",
+            "orderflow_lifecycle_events_total{type=\"payment_attention\"} 2",
+            "orderflow_lifecycle_events_total{type=\"order_paid\"} 1",
+            "orderflow_lifecycle_events_total{type=\"refund_succeeded\"} 0",
+            "orderflow_inputs_rejected_total{reason=\"already_shipped\"} 1",
+            "orderflow_inputs_rejected_total{reason=\"invalid\"} 0",
+            "orderflow_payment_capture_seconds_count 1",
+            "orderflow_payment_capture_seconds_bucket{le=\"0.05\"} 1",
+            "orderflow_payment_capture_seconds_bucket{le=\"0.025\"} 0",
+            // A shard that stops takes its books' count out of the sum.
+            "orderflow_payments_attention 0",
+        ] {
+            assert!(
+                scrape.lines().any(|l| l == line),
+                "missing {line:?} in\n{scrape}"
+            );
+        }
     }
 
     #[test]
@@ -758,25 +1711,125 @@ mod tests {
     fn buckets_ascend() {
         assert!(ORDER_LATENCY_BUCKETS.windows(2).all(|w| w[0] < w[1]));
         assert!(PROCESSING_BUCKETS.windows(2).all(|w| w[0] < w[1]));
+        assert!(CAPTURE_BUCKETS.windows(2).all(|w| w[0] < w[1]));
     }
 
     #[test]
-    fn kafka_error_kinds_cover_the_sink_mapping() {
-        use rdkafka::error::{KafkaError, RDKafkaErrorCode};
-        let errors = [
-            KafkaError::MessageProduction(RDKafkaErrorCode::MessageTimedOut),
-            KafkaError::MessageProduction(RDKafkaErrorCode::QueueFull),
-            KafkaError::MessageProduction(RDKafkaErrorCode::AllBrokersDown),
-            KafkaError::MessageProduction(RDKafkaErrorCode::BrokerTransportFailure),
-            KafkaError::MessageProduction(RDKafkaErrorCode::UnknownTopicOrPartition),
-            KafkaError::MessageProduction(RDKafkaErrorCode::MessageSizeTooLarge),
-            KafkaError::MessageProduction(RDKafkaErrorCode::InvalidMessage),
-            KafkaError::NoMessageReceived,
-        ];
-        for error in errors {
-            let kind = crate::kafka::sink::error_kind(&error);
-            assert!(KAFKA_ERROR_KINDS.contains(&kind), "{kind}");
+    fn kafka_error_kinds_are_a_closed_set_listed_in_the_contract() {
+        for (i, kind) in KafkaErrorKind::ALL.iter().enumerate() {
+            assert_eq!(*kind as usize, i, "{kind:?}");
         }
+        let contract = include_str!("../docs/contract.md");
+        let listed = contract
+            .lines()
+            .find(|l| l.contains("`orderflow_kafka_errors_total`") && l.contains("kind"))
+            .expect("the contract's metrics table lists the kafka error kinds");
+        for kind in KafkaErrorKind::ALL {
+            assert!(
+                listed.contains(kind.as_str()),
+                "{} not in {listed:?}",
+                kind.as_str()
+            );
+        }
+        // What the restore and the transactions count (a debug panic and an
+        // unlisted label value before the kinds were an enum).
+        kafka_error(KafkaErrorKind::Restore, "restore failed");
+        kafka_error(KafkaErrorKind::Transaction, "commit failed");
+    }
+
+    #[test]
+    fn a_repeated_kafka_error_is_logged_once_then_summarized_per_interval() {
+        use KafkaErrorKind::{AllBrokersDown, Transport};
+        let (down, refused) = (Subject::Kind(AllBrokersDown), Subject::Kind(Transport));
+        let mut log = ErrorLog::new();
+        let start = std::time::Instant::now();
+        let at = |ms: u64| start + Duration::from_millis(ms);
+        let first = log.record(down.clone(), "1/1 brokers are down", at(0));
+        assert_eq!(
+            first,
+            Some(ErrorLine::First {
+                subject: down.clone(),
+                message: "1/1 brokers are down".into()
+            })
+        );
+        // 337 errors in 10 s (what one run without a broker reported).
+        let mut logged = 1;
+        for i in 1..337u64 {
+            let line = log.record(down.clone(), &format!("down {i}"), at(i * 25));
+            logged += usize::from(line.is_some());
+        }
+        assert_eq!(logged, 1, "one line while the error repeats");
+        assert!(
+            log.summaries(at(9_000), false).is_empty(),
+            "interval not over"
+        );
+        // Another kind has an interval of its own.
+        assert!(log.record(refused.clone(), "refused", at(9_500)).is_some());
+        assert_eq!(
+            log.summaries(at(10_000), false),
+            [ErrorLine::Repeated {
+                subject: down.clone(),
+                count: 336,
+                last: "down 336".into()
+            }]
+        );
+        assert!(log.summaries(at(10_500), false).is_empty(), "nothing new");
+        // Still repeating: counted, summarized one interval later again.
+        assert!(log.record(down.clone(), "down again", at(11_000)).is_none());
+        assert_eq!(log.summaries(at(19_999), false), []);
+        assert_eq!(log.summaries(at(20_000), false).len(), 1);
+        // An error that ends an interval with others counted summarizes them.
+        log.record(refused.clone(), "refused", at(9_600));
+        assert_eq!(
+            log.record(refused.clone(), "refused again", at(19_500)),
+            Some(ErrorLine::Repeated {
+                subject: refused,
+                count: 2,
+                last: "refused again".into()
+            })
+        );
+        // Quiet for an interval: the next one is logged as it happens.
+        assert!(matches!(
+            log.record(down.clone(), "down", at(40_000)),
+            Some(ErrorLine::First { .. })
+        ));
+        assert!(log.record(down, "down", at(40_100)).is_none());
+        assert_eq!(
+            log.summaries(at(40_200), true).len(),
+            1,
+            "at exit, all of them"
+        );
+        let long = "é".repeat(KAFKA_ERROR_MESSAGE_MAX_BYTES);
+        assert!(bounded(&long).len() <= KAFKA_ERROR_MESSAGE_MAX_BYTES);
+    }
+
+    #[test]
+    fn librdkafka_warnings_are_rate_limited_per_facility() {
+        let mut log = ErrorLog::new();
+        let now = std::time::Instant::now();
+        let fail = Subject::Facility(Severity::Error, "FAIL".into());
+        let commit = Subject::Facility(Severity::Warn, "COMMITFAIL".into());
+        assert!(log.record(fail.clone(), "connect failed", now).is_some());
+        assert!(log.record(fail.clone(), "connect failed", now).is_none());
+        assert!(log.record(commit, "waiting for coordinator", now).is_some());
+        for i in 0..LIBRDKAFKA_FACILITIES_MAX {
+            log.record(Subject::Facility(Severity::Warn, i.to_string()), "x", now);
+        }
+        let extra = Subject::Facility(Severity::Warn, "EXTRA".into());
+        assert!(log.record(extra.clone(), "x", now).is_some());
+        assert!(
+            log.record(extra, "x", now).is_some(),
+            "past the bound: not limited"
+        );
+        let later = now + KAFKA_ERROR_LOG_INTERVAL;
+        assert_eq!(
+            log.summaries(later, false),
+            [ErrorLine::Repeated {
+                subject: fail,
+                count: 1,
+                last: "connect failed".into()
+            }]
+        );
     }
 
     #[test]
@@ -812,18 +1865,23 @@ mod tests {
             let mut shard = ShardTelemetry::with_handles(Box::leak(Box::new(Handles::resolve())));
             let ms = Duration::from_millis(1);
             for _ in 0..ShardTelemetry::FLUSH_RECORDS + 3 {
-                shard.order_processed(Outcome::Accepted, Some(ms), ms);
+                shard.order_processed(Outcome::Accepted, Latency::Measured(ms), ms);
             }
-            shard.order_processed(Outcome::Rejected(Reason::OutOfStock), Some(ms), ms);
-            shard.order_processed(Outcome::DeadLetter(DlqReason::NotJson), None, ms);
-            shard.order_processed(Outcome::CancelIgnored, None, ms);
+            shard.order_processed(
+                Outcome::Rejected(Reason::OutOfStock),
+                Latency::Measured(ms),
+                ms,
+            );
+            shard.order_processed(Outcome::Accepted, Latency::OutOfRange, ms);
+            shard.order_processed(Outcome::DeadLetter(DlqReason::NotJson), Latency::Absent, ms);
+            shard.order_processed(Outcome::CancelIgnored, Latency::Absent, ms);
             shard.fulfillment_emitted("fulfillment_cancelled");
             drop(shard);
         });
         let scrape = handle.render();
         let n = ShardTelemetry::FLUSH_RECORDS + 3;
         for line in [
-            format!("orderflow_orders_total{{outcome=\"accepted\"}} {n}"),
+            format!("orderflow_orders_total{{outcome=\"accepted\"}} {}", n + 1),
             "orderflow_orders_total{outcome=\"rejected\"} 1".to_string(),
             "orderflow_orders_rejected_total{reason=\"out_of_stock\"} 1".to_string(),
             "orderflow_orders_total{outcome=\"dlq\"} 1".to_string(),
@@ -831,7 +1889,8 @@ mod tests {
             "orderflow_cancellations_ignored_total 1".to_string(),
             "orderflow_fulfillments_total{type=\"fulfillment_cancelled\"} 1".to_string(),
             format!("orderflow_order_latency_seconds_count {}", n + 1),
-            format!("orderflow_processing_seconds_count {}", n + 3),
+            format!("orderflow_processing_seconds_count {}", n + 4),
+            "orderflow_order_latency_out_of_range_total 1".to_string(),
             format!(
                 "orderflow_order_latency_seconds_bucket{{le=\"0.0025\"}} {}",
                 n + 1
@@ -841,6 +1900,242 @@ mod tests {
                 scrape.lines().any(|l| l == line),
                 "missing {line:?} in\n{scrape}"
             );
+        }
+    }
+
+    #[test]
+    fn a_shards_tally_keeps_the_heaviest_skus_in_bounded_memory() {
+        let mut tally = SoldTally::new();
+        // Three heavy SKUs among a tail of 20,000 one-unit SKUs, five times
+        // the tally's room.
+        for i in 0..20_000 {
+            tally.add(&format!("tail-{i}"), 1);
+            if i % 2 == 0 {
+                tally.add("hot-a", 3);
+                tally.add("hot-b", 2);
+            }
+            if i % 5 == 0 {
+                tally.add("hot-c", 3);
+            }
+            assert!(tally.units.len() <= HOT_SKU_TALLY_MAX);
+        }
+        let top: Vec<String> = tally.top(3).into_iter().map(|(sku, _)| sku).collect();
+        assert_eq!(top, ["hot-a", "hot-b", "hot-c"]);
+        assert_eq!(
+            tally.top(1),
+            [("hot-a".to_string(), 30_000)],
+            "exact counts"
+        );
+        assert_eq!(SoldTally::new().top(5), Vec::<(String, u64)>::new());
+    }
+
+    #[test]
+    fn the_hot_set_sums_every_shards_top() {
+        let (mut one, mut two) = (SoldTally::new(), SoldTally::new());
+        // Each shard sees a part of every SKU's orders.
+        one.add("sum-test-a", 60);
+        one.add("sum-test-b", 50);
+        two.add("sum-test-b", 50);
+        two.add("sum-test-a", 30);
+        one.publish();
+        two.publish();
+        let hot = hottest(2);
+        assert_eq!(hot, ["sum-test-b", "sum-test-a"], "100 units over 90");
+        drop(one);
+        drop(two);
+        assert!(!hottest(usize::MAX)
+            .iter()
+            .any(|sku| sku.starts_with("sum-test")));
+    }
+
+    #[test]
+    fn stock_gauges_add_the_hot_set_beside_the_watched_skus_boundedly() {
+        let mut gauges = StockGauges::new(vec!["W".to_string()]);
+        gauges.admit(vec!["W".into(), "H1".into(), "H2".into()]);
+        assert_eq!(
+            gauges.watched.iter().chain(&gauges.hot).collect::<Vec<_>>(),
+            ["W", "H1", "H2"]
+        );
+        // A churning ranking: new SKUs join until the lifetime bound, and
+        // every SKU that once was hot keeps its (current) series.
+        for round in 0..10 {
+            let top: Vec<String> = (0..HOT_SKUS).map(|i| format!("R{round}-{i}")).collect();
+            gauges.admit(top);
+        }
+        assert_eq!(gauges.hot.len(), HOT_SKU_SERIES_MAX);
+        assert!(gauges
+            .hot
+            .starts_with(&["H1".to_string(), "H2".to_string()]));
+    }
+
+    #[test]
+    fn shards_feed_the_hot_set_from_accepted_orders() {
+        let recorder = recorder().unwrap();
+        let shard = metrics::with_local_recorder(&recorder, || {
+            let mut shard = ShardTelemetry::with_handles(Box::leak(Box::new(Handles::resolve())));
+            shard.units_sold(&[("unit-test-hot-sku".to_string(), 1_000_000)]);
+            shard.flush();
+            shard
+        });
+        let mut gauges = StockGauges::new(Vec::new());
+        assert!(
+            gauges.skus().any(|sku| sku == "unit-test-hot-sku"),
+            "{:?}",
+            gauges.hot
+        );
+        drop(shard);
+    }
+
+    mod listener {
+        use super::super::http::{serve, Limits, Server};
+        use super::super::*;
+        use std::time::Instant;
+        use tokio::io::{AsyncReadExt, AsyncWriteExt};
+        use tokio::net::TcpStream;
+
+        const DEADLINE: Duration = Duration::from_secs(10);
+
+        async fn start(limits: Limits) -> (std::net::SocketAddr, Arc<Server>, Shutdown) {
+            let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+            let addr = listener.local_addr().unwrap();
+            let server = Server::new(limits);
+            let shutdown = Shutdown::new();
+            let readiness = Readiness::new(&shutdown);
+            readiness.set_ready();
+            let handle = recorder().unwrap().handle();
+            tokio::spawn(serve(listener, server.clone(), handle, readiness));
+            (addr, server, shutdown)
+        }
+
+        /// 8 slots, so a test can fill them all.
+        fn small(head_timeout: Duration) -> Limits {
+            Limits {
+                max_connections: 8,
+                head_timeout,
+                write_timeout: Duration::from_secs(5),
+            }
+        }
+
+        async fn until(what: &str, mut done: impl FnMut() -> bool) {
+            let deadline = Instant::now() + DEADLINE;
+            while !done() {
+                assert!(Instant::now() < deadline, "timed out waiting for {what}");
+                tokio::time::sleep(Duration::from_millis(5)).await;
+            }
+        }
+
+        async fn get(addr: std::net::SocketAddr, path: &str) -> String {
+            let mut stream = TcpStream::connect(addr).await.unwrap();
+            stream
+                .write_all(format!("GET {path} HTTP/1.1\r\nHost: x\r\n\r\n").as_bytes())
+                .await
+                .unwrap();
+            let mut response = String::new();
+            tokio::time::timeout(DEADLINE, stream.read_to_string(&mut response))
+                .await
+                .expect("answered in time")
+                .unwrap();
+            response
+        }
+
+        /// Reads until the server closes the connection: EOF or reset.
+        async fn closed_by_server(stream: &mut TcpStream) -> bool {
+            let mut buf = [0u8; 64];
+            matches!(
+                tokio::time::timeout(DEADLINE, stream.read(&mut buf)).await,
+                Ok(Ok(0)) | Ok(Err(_))
+            )
+        }
+
+        #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+        async fn idle_connections_are_shed_oldest_first_and_probes_still_answered() {
+            let limits = small(Duration::from_secs(600));
+            let (addr, server, _shutdown) = start(limits).await;
+            let mut idle = Vec::new();
+            for i in 0..20 {
+                idle.push(TcpStream::connect(addr).await.unwrap());
+                // Accepted in order, so "oldest" is well defined.
+                until("the server to accept it", || server.admitted() == i + 1).await;
+                assert!(server.held() <= limits.max_connections, "the bound holds");
+            }
+            assert_eq!(server.held(), limits.max_connections);
+            for (i, stream) in idle.iter_mut().enumerate().take(12) {
+                assert!(closed_by_server(stream).await, "connection {i} shed");
+            }
+            let waiting = server.reading();
+            assert_eq!(waiting, (12..20).collect::<Vec<u64>>(), "the newest 8 kept");
+            for path in ["/health", "/ready", "/metrics"] {
+                let response = get(addr, path).await;
+                assert!(
+                    response.starts_with("HTTP/1.1 200 OK"),
+                    "{path}: {response}"
+                );
+                assert!(server.held() <= limits.max_connections);
+            }
+        }
+
+        #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+        async fn idle_and_slow_loris_connections_are_closed_after_the_head_timeout() {
+            let limits = small(Duration::from_millis(300));
+            let (addr, server, _shutdown) = start(limits).await;
+            let mut idle = TcpStream::connect(addr).await.unwrap();
+            let mut slow = TcpStream::connect(addr).await.unwrap();
+            let started = Instant::now();
+            // Slow loris: a byte at a time, never the end of the head.
+            let trickle = async {
+                for byte in b"GET /health HTTP/1.1\r\nHost: slow"
+                    .iter()
+                    .cycle()
+                    .take(200)
+                {
+                    if slow.write_all(&[*byte]).await.is_err() {
+                        break;
+                    }
+                    tokio::time::sleep(Duration::from_millis(20)).await;
+                }
+                closed_by_server(&mut slow).await
+            };
+            let (idle_closed, slow_closed) = tokio::join!(closed_by_server(&mut idle), trickle);
+            assert!(idle_closed && slow_closed);
+            assert!(
+                started.elapsed() < Duration::from_secs(4),
+                "{:?}",
+                started.elapsed()
+            );
+            until("every slot free", || server.held() == 0).await;
+        }
+
+        #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+        async fn closing_answers_accepted_requests_and_refuses_new_ones() {
+            let limits = small(Duration::from_secs(5));
+            let (addr, server, shutdown) = start(limits).await;
+            let mut pending = TcpStream::connect(addr).await.unwrap();
+            pending.write_all(b"GET /ready HTTP/1.1\r\n").await.unwrap();
+            until("accepted", || server.held() == 1).await;
+            shutdown.trigger();
+            let closing = tokio::spawn({
+                let server = server.clone();
+                async move { server.close(Duration::from_secs(5)).await }
+            });
+            // Refused once the accept loop is gone, while the pending
+            // request still holds its slot.
+            let deadline = Instant::now() + DEADLINE;
+            while TcpStream::connect(addr).await.is_ok() {
+                assert!(Instant::now() < deadline, "still accepting");
+                tokio::time::sleep(Duration::from_millis(5)).await;
+            }
+            assert!(
+                !closing.is_finished(),
+                "close waits for the accepted request"
+            );
+            pending.write_all(b"Host: x\r\n\r\n").await.unwrap();
+            let mut response = String::new();
+            pending.read_to_string(&mut response).await.unwrap();
+            assert!(response.starts_with("HTTP/1.1 503"), "{response}");
+            tokio::time::timeout(DEADLINE, closing)
+                .await
+                .unwrap()
+                .unwrap();
         }
     }
 

@@ -225,6 +225,47 @@ fn every_mounted_host_path_exists_in_the_repo() {
     );
 }
 
+/// `KAFKA_VERSION=` in scripts/kafka.sh: the Kafka the tests run.
+fn tested_kafka_version() -> String {
+    read("scripts/kafka.sh")
+        .lines()
+        .find_map(|line| line.strip_prefix("KAFKA_VERSION="))
+        .expect("scripts/kafka.sh pins KAFKA_VERSION")
+        .trim()
+        .to_string()
+}
+
+#[test]
+fn compose_runs_the_kafka_version_the_tests_run() {
+    let version = tested_kafka_version();
+    let compose = compose();
+    for name in ["kafka", "kafka-init"] {
+        let image = service(&compose, name)["image"]
+            .as_str()
+            .unwrap_or_else(|| panic!("{name}: an image"))
+            .to_string();
+        assert_eq!(
+            image,
+            format!("apache/kafka:{version}"),
+            "{name} runs the Kafka of scripts/kafka.sh"
+        );
+    }
+    // The single-node settings the harness gives Kafka 4 (scripts/kafka.sh).
+    let env = environment(&service(&compose, "kafka"));
+    for key in [
+        "KAFKA_OFFSETS_TOPIC_REPLICATION_FACTOR",
+        "KAFKA_TRANSACTION_STATE_LOG_REPLICATION_FACTOR",
+        "KAFKA_TRANSACTION_STATE_LOG_MIN_ISR",
+        "KAFKA_SHARE_COORDINATOR_STATE_TOPIC_REPLICATION_FACTOR",
+        "KAFKA_SHARE_COORDINATOR_STATE_TOPIC_MIN_ISR",
+    ] {
+        assert!(
+            env.iter().any(|(k, v)| k == key && v == "1"),
+            "kafka: {key}=1 on one node"
+        );
+    }
+}
+
 #[test]
 fn kafka_init_creates_every_contract_topic_with_explicit_partitions() {
     let compose = compose();
@@ -460,8 +501,22 @@ fn dashboard_has_the_panels_a_sale_needs() {
         "orderflow_oversold_units",
         "orderflow_dlq_records_total",
         "orderflow_kafka_errors_total",
+        "orderflow_payment_captures_total",
+        "orderflow_payment_retries_total",
+        "orderflow_payments_attention",
+        "orderflow_payment_capture_seconds_bucket",
+        "orderflow_inputs_rejected_total",
     ] {
         assert!(uses(metric), "no panel shows {metric}");
+    }
+    for q in ["0.5", "0.99"] {
+        assert!(
+            queries
+                .iter()
+                .any(|(_, e)| e.starts_with(&format!("histogram_quantile({q},"))
+                    && e.contains("rate(orderflow_payment_capture_seconds_bucket")),
+            "p{q} capture latency"
+        );
     }
     for q in ["0.5", "0.99", "0.999"] {
         assert!(
@@ -527,6 +582,8 @@ fn every_metric_in_dashboards_and_alerts_is_defined_in_telemetry() {
         "LagGrowing",
         "NoProgress",
         "DeadLetters",
+        "PaymentsNeedAttention",
+        "CapturesFailing",
     ] {
         assert!(
             alerts.iter().any(|a| a.contains(needed)),

@@ -1,11 +1,17 @@
-//! Crash safety on a real broker (tansu): the processor binary is killed
-//! with SIGKILL mid-sale and started again; three instances share a sale,
-//! one is killed and another added mid-sale; separately, the broker itself
-//! is killed and restarted mid-sale under a running processor; and two
-//! whole-stock instances pause rather than share. Each run ends with every
-//! order decided exactly once (one status each; follow-up copies with the
-//! same event_id allowed), zero oversold units, the hot SKU sold out
-//! exactly, and fulfillments consistent with the decisions.
+//! Crash safety on a real broker (Apache Kafka, see `common::Broker`): the
+//! processor binary is killed with SIGKILL mid-sale and started again;
+//! three instances share a sale (the shipped cooperative-sticky
+//! assignment), one is killed and another added mid-sale; separately, the
+//! broker itself is killed mid-sale under a running processor, for longer
+//! than the producer's `message.timeout.ms`, so outputs fail and are sent
+//! again; and two whole-stock instances pause rather than share. Each run
+//! ends with every order decided exactly once (one status each; follow-up
+//! copies with the same event_id allowed), zero oversold units, the hot SKU
+//! sold out exactly, and fulfillments consistent with the decisions.
+//!
+//! The processors keep the default `kafka.transactions = "auto"`, so on
+//! Kafka they run with transactions, except in the outage test, which is
+//! about redelivery without them.
 
 mod common;
 
@@ -23,10 +29,21 @@ const HOT_STOCK: i64 = 300;
 const NORMAL_SKUS: usize = 20;
 const BATCH: usize = 250;
 const TIMEOUT: Duration = Duration::from_secs(180);
-/// The processors' consumer group session timeout (the broker's minimum).
+/// The processors' consumer group session timeout (Kafka's minimum,
+/// `group.min.session.timeout.ms`): a killed instance's partitions move on
+/// soon after.
 const SESSION_TIMEOUT: Duration = Duration::from_secs(6);
-/// How long the broker stays down in the outage test.
+/// How long the broker stays down in the outage test: longer than the
+/// processor's `message.timeout.ms` there, so deliveries fail for good and
+/// the redelivery runs.
 const BROKER_DOWNTIME: Duration = Duration::from_secs(30);
+/// The processor's `message.timeout.ms` in the outage test.
+const MESSAGE_TIMEOUT: Duration = Duration::from_secs(15);
+/// The processor's `linger.ms` in the outage test: its outputs wait this
+/// long in the producer before they are sent, so the broker dies with
+/// outputs in flight however fast the processor decided (on Kafka it
+/// decides the whole sale within a second or two).
+const LINGER: Duration = Duration::from_secs(5);
 
 /// The processor binary, run against `broker` until killed or stopped.
 struct ProcessorProcess {
@@ -47,27 +64,22 @@ impl ProcessorProcess {
     }
 
     /// An instance with `engine.stock_split = split` and metrics served,
-    /// one of several in the group.
-    ///
-    /// Eager assignment, not the default cooperative-sticky: tansu 0.6
-    /// completes a generation's JoinGroup without waiting for every member
-    /// (seen in librdkafka's cgrp log: generation 14 answered with two of
-    /// three members' metadata while the third still held a partition), so
-    /// under cooperative assignment the leader gave that partition away
-    /// while its owner kept deciding it, and statuses were doubled in 2 of
-    /// 6 runs. Kafka's coordinator waits for all members (KIP-429's
-    /// premise). With eager assignment every member gives up its partitions
-    /// as it learns of a rebalance: 0 doubled in every run here.
+    /// one of several in the group (with the shipped cooperative-sticky
+    /// assignment).
     fn start_observed(broker: &Broker, split: &str) -> ProcessorProcess {
+        Self::start_metered(broker, &[&format!("engine.stock_split={split}")])
+    }
+
+    /// An instance with `overrides` and metrics served on a free port.
+    fn start_metered(broker: &Broker, overrides: &[&str]) -> ProcessorProcess {
         let listen = format!("127.0.0.1:{}", free_port());
-        let mut processor = Self::start_with(
-            broker,
-            &[
-                &format!("engine.stock_split={split}"),
-                &format!("metrics.listen={listen}"),
-                "kafka.consumer.partition.assignment.strategy=roundrobin",
-            ],
-        );
+        let metrics = format!("metrics.listen={listen}");
+        let settings: Vec<&str> = overrides
+            .iter()
+            .copied()
+            .chain([metrics.as_str()])
+            .collect();
+        let mut processor = Self::start_with(broker, &settings);
         processor.metrics = Some(listen);
         processor
     }
@@ -232,13 +244,14 @@ fn wait_for_decisions(broker: &Broker, count: usize) {
 /// record before it was processed.
 fn produce_sentinels_and_wait(broker: &Broker) {
     for p in 0..PARTITIONS {
-        let id = format!("sentinel-{p}");
+        let id = common::key_for_partition("sentinel", p, PARTITIONS);
         let value = serde_json::to_vec(&order(&id, false, 0)).unwrap();
         broker.produce_to_partition("orders", p, id.as_bytes(), &value);
     }
     broker.read_until("order-status", TIMEOUT, |messages| {
         let keys: HashSet<&[u8]> = messages.iter().filter_map(|m| m.key()).collect();
-        (0..PARTITIONS).all(|p| keys.contains(format!("sentinel-{p}").as_bytes()))
+        (0..PARTITIONS)
+            .all(|p| keys.contains(common::key_for_partition("sentinel", p, PARTITIONS).as_bytes()))
     });
 }
 
@@ -360,11 +373,8 @@ fn kill_9_mid_sale_then_restart_loses_and_doubles_nothing() {
         "killed the processor with SIGKILL after {} decisions",
         ORDERS / 4
     );
-    // tansu 0.6 expires a silent group member only when another member
-    // joins after its session timeout; a member joining earlier shares the
-    // partitions with the dead one for good. Real Kafka expires it by
-    // itself. So the replacement starts once the session has run out.
-    thread::sleep(SESSION_TIMEOUT + Duration::from_secs(1));
+    // Started at once: the group expires the dead member after its session
+    // timeout and gives the replacement every partition.
     let second = ProcessorProcess::start(&broker);
     producing.join().unwrap();
     produce_sentinels_and_wait(&broker);
@@ -379,7 +389,13 @@ fn kill_9_mid_sale_then_restart_loses_and_doubles_nothing() {
 #[test]
 fn broker_killed_and_restarted_mid_sale() {
     let mut broker = setup();
-    let processor = ProcessorProcess::start(&broker);
+    let timeout = format!(
+        "kafka.producer.message.timeout.ms={}",
+        MESSAGE_TIMEOUT.as_millis()
+    );
+    let linger = format!("kafka.producer.linger.ms={}", LINGER.as_millis());
+    let processor =
+        ProcessorProcess::start_metered(&broker, &["kafka.transactions=off", &timeout, &linger]);
     let producing = produce_in_background(&broker, sale());
     wait_for_decisions(&broker, ORDERS / 4);
     broker.kill();
@@ -389,6 +405,17 @@ fn broker_killed_and_restarted_mid_sale() {
     println!("broker was down for {BROKER_DOWNTIME:?} mid-sale");
     producing.join().unwrap();
     produce_sentinels_and_wait(&broker);
+    let redelivered = processor
+        .metric(&["orderflow_outputs_redelivered_total"])
+        .expect("the processor serves /metrics");
+    let timed_out = processor
+        .metric(&["orderflow_kafka_errors_total{kind=\"message_timed_out\"}"])
+        .expect("the processor serves /metrics");
+    println!("outputs timed out: {timed_out}, sent again: {redelivered}");
+    assert!(
+        redelivered > 0,
+        "the outage outlasted message.timeout.ms, yet nothing was sent again"
+    );
     processor.stop();
     audit(&broker);
 }
@@ -418,10 +445,8 @@ fn three_instances_share_a_sale_one_killed_one_added() {
         killed_decisions > 0,
         "the killed instance took part in the sale"
     );
-    // As in the restart test: tansu expires the dead member only when a
-    // member joins after its session timeout, so the added instance joins
-    // then, and the dead one's partitions move to the live ones.
-    thread::sleep(SESSION_TIMEOUT + Duration::from_secs(1));
+    // Added at once: the dead member's partitions move to the live ones as
+    // the group expires it, and the added instance takes its share.
     let added = ProcessorProcess::start_sharing(&broker);
     wait_until_shared(&[&first, &third, &added]);
     producing.join().unwrap();

@@ -1,6 +1,6 @@
-//! End to end on a real Kafka-protocol broker (tansu): thousands of orders
-//! of every kind in the contract go in through a real producer; every output
-//! topic is read back and each order's outcome checked against what the
+//! End to end on Apache Kafka: thousands of orders of every kind in the
+//! contract go in through a real producer; every output topic is read back
+//! (read_committed) and each order's outcome checked against what the
 //! contract says it must be.
 
 mod common;
@@ -366,7 +366,7 @@ fn every_order_gets_the_contract_outcome() {
     // A sentinel at the end of every partition: once each has its status,
     // every record before it was processed (partitions are read in order).
     for p in 0..PARTITIONS {
-        let id = format!("o-sentinel-{p}");
+        let id = common::key_for_partition("o-sentinel", p, PARTITIONS);
         let value = serde_json::to_vec(&order(&id, "c-s", "EUR", &[("SKU-2", 1, 114)], 1)).unwrap();
         broker.produce_to_partition("orders", p, id.as_bytes(), &value);
     }
@@ -375,7 +375,8 @@ fn every_order_gets_the_contract_outcome() {
             .iter()
             .map(|m| json(m)["order_id"].as_str().unwrap().to_string())
             .collect();
-        (0..PARTITIONS).all(|p| ids.contains(&format!("o-sentinel-{p}")))
+        (0..PARTITIONS)
+            .all(|p| ids.contains(&common::key_for_partition("o-sentinel", p, PARTITIONS)))
     });
     processor.stop();
 

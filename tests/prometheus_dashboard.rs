@@ -1,9 +1,11 @@
-//! The monitoring stack against real software: a tansu broker, the
+//! The monitoring stack against real software: an Apache Kafka broker, the
 //! `orderflow` binary serving its metrics, and Debian's Prometheus scraping
 //! it every second with the repo's alert rules loaded. Every query of the
 //! Grafana dashboard and every alert expression is evaluated through
 //! Prometheus' HTTP API while a sale runs; every dashboard query must
 //! return data, and the oversold and processor-down alerts must stay quiet.
+//! `orderflow run` answers its own capture commands (the simulated
+//! adapter, its default), so the payment panels have captures.
 //! `promtool` lints the rules and a real scrape.
 //!
 //! Needs `prometheus` and `promtool` (Debian package `prometheus`) on PATH,
@@ -406,6 +408,13 @@ fn dashboard_queries_and_alerts_work_on_real_prometheus() {
         assert!(queries >= 15, "only {queries} dashboard queries");
         sale.join().expect("producing the sale");
     });
+    assert!(
+        prometheus
+            .scalar("sum(orderflow_payment_captures_total{outcome=\"succeeded\"})")
+            .unwrap()
+            > 0.0,
+        "the answered captures are counted"
+    );
 
     // Every order of the sale is counted exactly once, by outcome.
     wait_for(
@@ -425,6 +434,18 @@ fn dashboard_queries_and_alerts_work_on_real_prometheus() {
                 .scalar("orderflow_inventory_available_units{sku=\"HOT\"}")
                 .filter(|n| *n == 0.0)
         },
+    );
+    // Beside the watched SKUs, the automatic set of the hottest SKUs: the
+    // top HOT_SKUS (10) by units sold, bounded over the process's life.
+    let stock = prometheus.query("orderflow_inventory_available_units");
+    let automatic = stock
+        .iter()
+        .filter(|s| !["HOT", "SKU-1"].contains(&s["metric"]["sku"].as_str().unwrap_or_default()))
+        .count();
+    assert!(
+        (orderflow::telemetry::HOT_SKUS - 2..=orderflow::telemetry::HOT_SKU_SERIES_MAX)
+            .contains(&automatic),
+        "{automatic} automatic stock series: {stock:?}"
     );
     assert_eq!(
         prometheus.scalar("sum(orderflow_orders_rejected_total{reason=\"out_of_stock\"})"),
@@ -519,7 +540,14 @@ fn dashboard_queries_and_alerts_work_on_real_prometheus() {
     );
 
     // Graceful stop: /ready turns 503 as soon as shutdown starts, while the
-    // process still flushes; then it exits 0.
+    // process still flushes; then it exits 0. The 503 is observed whatever
+    // the shutdown's length: a request the listener accepted before the
+    // stop is answered before it closes. So one is held open, its head
+    // unfinished: accepted once a later probe was answered (the listener
+    // accepts in order).
+    let mut pending = std::net::TcpStream::connect(&metrics_addr).unwrap();
+    write!(pending, "GET /ready HTTP/1.1\r\nHost: {metrics_addr}\r\n").unwrap();
+    assert_eq!(get(&metrics_addr, "/health").map(|(s, _)| s), Some(200));
     let pid = processor.child.id() as libc::pid_t;
     // SAFETY: signals our own child, which is not yet reaped (so the pid is
     // still its own).
@@ -533,14 +561,32 @@ fn dashboard_queries_and_alerts_work_on_real_prometheus() {
         START_TIMEOUT,
         || match get(&metrics_addr, "/ready") {
             Some((200, _)) => None,
-            Some((status, _)) => Some(Some(status)),
-            None => Some(None), // already gone
+            other => Some(other.map(|(status, _)| status)),
         },
     );
-    assert!(
-        seen.is_none() || seen == Some(503),
-        "/ready answered {seen:?} during shutdown"
-    );
+    let seen = match seen {
+        Some(status) => {
+            println!("/ready answered {status} to a new probe during shutdown");
+            status
+        }
+        // The listener closed before a new probe got in: the request it
+        // accepted before the stop still gets its answer.
+        None => {
+            pending.write_all(b"\r\n").unwrap();
+            let mut answer = String::new();
+            pending
+                .set_read_timeout(Some(START_TIMEOUT))
+                .and_then(|()| std::io::Read::read_to_string(&mut pending, &mut answer))
+                .unwrap_or_else(|e| panic!("the accepted /ready got no answer: {e}"));
+            println!("the listener closed; the request it accepted before got: {answer:?}");
+            answer
+                .split_whitespace()
+                .nth(1)
+                .and_then(|status| status.parse().ok())
+                .unwrap_or_else(|| panic!("not an HTTP answer: {answer:?}"))
+        }
+    };
+    assert_eq!(seen, 503, "/ready during shutdown");
     let exit = wait_for("orderflow to exit", DRAIN_TIMEOUT, || {
         processor.child.try_wait().unwrap()
     });

@@ -1,26 +1,25 @@
-//! `kafka.transactions`: on a broker with transactions (librdkafka's
-//! MockCluster, in-process) a small sale ends with exactly one status per
-//! order, no follow-up copies, the hot SKU sold exactly, all read back as
-//! committed (read_committed), and the last transaction committed the end
-//! of every orders partition. (The mock's TxnOffsetCommit answers but
-//! stores nothing, so the group's offsets cannot be read back from it: the
-//! test reads the offsets the processor logs for its last transaction.)
-//! On a broker without transactions (tansu), "auto" falls back and decides
-//! orders, and "on" refuses to start.
+//! `kafka.transactions`: on Apache Kafka a small sale ends with exactly one
+//! status per order, no follow-up copies, the hot SKU sold exactly, all
+//! read back as committed (read_committed), and the group's committed
+//! offsets, read from the broker (Kafka stores the offsets a transaction
+//! commits), at the end of every orders partition. On a broker that cannot
+//! commit a transaction (Kafka whose transaction state log cannot be
+//! created), "auto" falls back and decides orders, and "on" refuses to
+//! start.
 
 mod common;
 
-use common::{inventory_records, produce_with, producer_for, wait_for, Broker, Processor};
+use common::{
+    inventory_records, produce_with, producer_for, wait_for, Broker, KafkaOptions, Processor,
+};
 use rdkafka::consumer::{BaseConsumer, Consumer};
 use rdkafka::message::{Message, OwnedMessage};
-use rdkafka::mocking::MockCluster;
 use rdkafka::topic_partition_list::{Offset, TopicPartitionList};
 use rdkafka::ClientConfig;
 use serde_json::{json, Value};
 use std::collections::{HashMap, HashSet};
 use std::io::Read;
 use std::process::{Command, Stdio};
-use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 const PARTITIONS: i32 = 4;
@@ -130,63 +129,28 @@ fn read_committed(brokers: &str, topic: &str) -> Vec<OwnedMessage> {
     }
 }
 
-/// Log lines of this test process, for the processor's own report.
-#[derive(Clone, Default)]
-struct Logs(Arc<Mutex<Vec<u8>>>);
-
-impl std::io::Write for Logs {
-    fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
-        self.0.lock().unwrap().extend_from_slice(buf);
-        Ok(buf.len())
+/// The offsets the processor's group committed for `topic`, read from
+/// the broker: the next record to read, per partition.
+fn committed(brokers: &str, group: &str, topic: &str) -> HashMap<i32, i64> {
+    let consumer = reader(brokers, group);
+    let mut tpl = TopicPartitionList::new();
+    for p in 0..PARTITIONS {
+        tpl.add_partition(topic, p);
     }
-
-    fn flush(&mut self) -> std::io::Result<()> {
-        Ok(())
-    }
-}
-
-/// The offsets the processor logged for its last transaction.
-fn last_committed(logs: &Logs) -> HashMap<i32, i64> {
-    let text = String::from_utf8_lossy(&logs.0.lock().unwrap()).into_owned();
-    let line = text
-        .lines()
-        .rfind(|l| l.contains("last transaction committed"))
-        .unwrap_or_else(|| panic!("no last transaction in the log:\n{text}"));
-    let list = line
-        .split("offsets=")
-        .nth(1)
+    consumer
+        .committed_offsets(tpl, KAFKA_TIMEOUT)
         .unwrap()
-        .split(' ')
-        .next()
-        .unwrap();
-    list.split(',')
-        .map(|pair| {
-            let (p, o) = pair.split_once(':').unwrap();
-            (p.parse().unwrap(), o.parse().unwrap())
-        })
+        .elements()
+        .iter()
+        .map(|e| (e.partition(), e.offset().to_raw().unwrap_or(-1)))
         .collect()
 }
 
 #[test]
-fn transactions_on_a_mock_cluster_commit_each_decision_once() {
-    let logs = Logs::default();
-    let writer = logs.clone();
-    tracing_subscriber::fmt()
-        .with_env_filter("orderflow=info")
-        .with_ansi(false)
-        .with_writer(move || writer.clone())
-        .init();
-    let cluster = MockCluster::new(1).unwrap();
-    let brokers = cluster.bootstrap_servers();
-    for (topic, partitions) in [
-        ("orders", PARTITIONS),
-        ("inventory", 1),
-        ("order-status", PARTITIONS),
-        ("fulfillments", PARTITIONS),
-        ("orders-dlq", 1),
-    ] {
-        cluster.create_topic(topic, partitions, 1).unwrap();
-    }
+fn transactions_on_kafka_commit_each_decision_and_its_offsets_once() {
+    let broker = Broker::start();
+    broker.create_contract_topics(PARTITIONS);
+    let brokers = broker.addr();
     let producer = producer_for(&brokers);
     let mut inventory: Vec<_> = (0..10)
         .map(|i| json!({"type": "stock_set", "sku": format!("SKU-{i}"), "available": 1_000_000, "prices": {"USD": 100}}))
@@ -196,12 +160,13 @@ fn transactions_on_a_mock_cluster_commit_each_decision_once() {
     );
     produce_with(&producer, "inventory", &inventory_records(&inventory));
 
-    let settings = [
-        "kafka.transactions=on",
-        // The mock broker holds empty fetches for their full wait (see demo).
-        "kafka.consumer.fetch.wait.max.ms=5",
-    ];
-    let processor = Processor::start_at(&brokers, &settings);
+    // No payment adapter: its results would still be arriving on `orders`
+    // after the last commit, and this test compares the group's committed
+    // offsets with the end of `orders` (tests/payments.rs covers payments).
+    let processor = Processor::start(
+        &broker,
+        &["kafka.transactions=on", "payments.adapter=external"],
+    );
     produce_with(&producer, "orders", &records(0..ORDERS));
     // Statuses become readable only as their transactions commit.
     wait_for("a committed status for every order", TIMEOUT, || {
@@ -281,9 +246,9 @@ fn transactions_on_a_mock_cluster_commit_each_decision_once() {
     }
     let ends = ends(&reader(&brokers, "test-ends"), "orders");
     assert_eq!(
-        last_committed(&logs),
+        committed(&brokers, "orderflow", "orders"),
         ends,
-        "the last transaction commits the end of every orders partition"
+        "the group's committed offsets are the end of every orders partition"
     );
     println!(
         "statuses {} (decisions {}, cancellations {}), fulfillments {}, hot sold {hot_accepted}, \
@@ -294,7 +259,6 @@ fn transactions_on_a_mock_cluster_commit_each_decision_once() {
         fulfillments.len()
     );
     drop(producer);
-    drop(cluster);
 }
 
 /// The processor binary with `settings` against `broker`, and a thread
@@ -334,7 +298,13 @@ fn exit_status(child: &mut std::process::Child, what: &str) -> std::process::Exi
 
 #[test]
 fn auto_falls_back_without_transactions_and_on_refuses() {
-    let broker = Broker::start();
+    // A broker that cannot commit a transaction: its transaction state log
+    // wants three replicas, and it is alone, so no transaction coordinator
+    // ever loads and the start-up probe times out.
+    let broker = Broker::start_kafka(&KafkaOptions {
+        properties: vec!["transaction.state.log.replication.factor=3".into()],
+        ..KafkaOptions::default()
+    });
     broker.create_contract_topics(PARTITIONS);
     let inventory =
         json!({"type": "stock_set", "sku": "SKU-1", "available": 1000, "prices": {"USD": 100}});

@@ -26,8 +26,10 @@ pub const HOT_SKU: &str = "HOT";
 /// A SKU with no stock: lines on it are rejected `out_of_stock`.
 pub const EMPTY_SKU: &str = "EMPTY";
 /// Stock large enough that benchmarks never sell out by accident: rejections
-/// come only from the deliberate share below.
-pub const ENDLESS_STOCK: i64 = 1 << 50;
+/// come only from the deliberate share below. The most the `inventory`
+/// topic accepts: more is dead-lettered `invalid_inventory_event` there
+/// (while `Inventory::apply`, which the in-process benchmarks use, takes it).
+pub const ENDLESS_STOCK: i64 = orderflow::order::MAX_STOCK_UNITS;
 /// Currencies orders are placed in; every catalog SKU has a price in each.
 pub const CURRENCIES: [&str; 3] = ["EUR", "USD", "JPY"];
 /// Percent of orders built to be rejected, one reason after another.
@@ -99,7 +101,9 @@ pub fn catalog(skus: usize) -> Vec<InventoryEvent> {
 pub fn inventory(skus: usize) -> Inventory {
     let inventory = Inventory::new();
     for event in catalog(skus) {
-        inventory.apply(&event);
+        inventory
+            .apply(&event)
+            .expect("the catalog is within range");
     }
     inventory
 }

@@ -22,7 +22,7 @@ fuzz_target!(|data: &[u8]| {
     let _ = decode_inventory(Some(key), Some(value), limits.max_record_bytes);
     let inventory = Arc::new(Inventory::new());
     if let Ok(event) = decode_inventory(None, Some(value), limits.max_record_bytes) {
-        inventory.apply(&event);
+        let _ = inventory.apply(&event);
     }
     let engine = Engine::new(inventory, limits);
     let mut book = OrderBook::new(16);

@@ -3,9 +3,9 @@
 //! decided.
 
 use super::{StartError, METADATA_TIMEOUT};
-use crate::shutdown::Shutdown;
 use crate::telemetry;
 use rdkafka::consumer::{BaseConsumer, Consumer, ConsumerContext};
+use rdkafka::error::{KafkaError, RDKafkaErrorCode};
 use rdkafka::message::{BorrowedMessage, Message};
 use rdkafka::topic_partition_list::{Offset, TopicPartitionList};
 use std::collections::HashMap;
@@ -14,6 +14,52 @@ use std::time::{Duration, Instant};
 const POLL_TIMEOUT: Duration = Duration::from_millis(100);
 /// How often catching up logs its progress.
 const PROGRESS_LOG_INTERVAL: Duration = Duration::from_secs(5);
+/// How long a start keeps asking for committed offsets while the group
+/// coordinator moves or loads (right after a broker start, or after an
+/// instance was killed): long enough for a coordinator to load
+/// `__consumer_offsets`, short enough that a broker that never answers
+/// stops the start with its error.
+const COORDINATOR_WAIT: Duration = Duration::from_secs(60);
+/// The pause between two such questions.
+const COORDINATOR_RETRY_PAUSE: Duration = Duration::from_millis(250);
+
+/// Whether a failed offset fetch is the coordinator moving or loading,
+/// which the broker itself says to retry.
+fn coordinator_is_settling(error: &KafkaError) -> bool {
+    matches!(
+        error.rdkafka_error_code(),
+        Some(
+            RDKafkaErrorCode::NotCoordinator
+                | RDKafkaErrorCode::CoordinatorLoadInProgress
+                | RDKafkaErrorCode::CoordinatorNotAvailable
+                | RDKafkaErrorCode::RequestTimedOut
+                | RDKafkaErrorCode::OperationTimedOut
+        )
+    )
+}
+
+/// The offsets committed for `partitions` by the consumer's group, asked
+/// again while the coordinator is settling (counted as Kafka errors) until
+/// [`COORDINATOR_WAIT`] has passed or `stop` says so.
+pub fn committed_offsets<C: ConsumerContext>(
+    consumer: &BaseConsumer<C>,
+    partitions: &TopicPartitionList,
+    stop: &dyn Fn() -> bool,
+) -> Result<TopicPartitionList, StartError> {
+    let deadline = Instant::now() + COORDINATOR_WAIT;
+    loop {
+        match consumer.committed_offsets(partitions.clone(), METADATA_TIMEOUT) {
+            Ok(committed) => return Ok(committed),
+            Err(error)
+                if coordinator_is_settling(&error) && Instant::now() < deadline && !stop() =>
+            {
+                telemetry::kafka_error(super::error_kind(&error), &error.to_string());
+                std::thread::sleep(COORDINATOR_RETRY_PAUSE);
+            }
+            Err(error) => return Err(error.into()),
+        }
+    }
+}
 
 /// The partition numbers of `topic`, or `TopicMissing`.
 pub fn partitions_of<C: ConsumerContext>(
@@ -39,7 +85,7 @@ pub fn partitions_of<C: ConsumerContext>(
 
 /// Assigns `partitions` of `topic` (every partition if `None`) to
 /// `consumer` from the beginning and calls `apply` on each record until
-/// every one reached its high watermark as of the start (or shutdown).
+/// every one reached its high watermark as of the start (or `stop` says so).
 /// Returns the records read. The consumer stays assigned, so a caller can
 /// go on reading new records.
 pub fn read_to_end<C: ConsumerContext>(
@@ -47,7 +93,7 @@ pub fn read_to_end<C: ConsumerContext>(
     topic: &str,
     partitions: Option<&[i32]>,
     brokers: &str,
-    shutdown: &Shutdown,
+    stop: &dyn Fn() -> bool,
     mut apply: impl FnMut(&BorrowedMessage<'_>),
 ) -> Result<u64, StartError> {
     let partitions = match partitions {
@@ -67,7 +113,7 @@ pub fn read_to_end<C: ConsumerContext>(
     let started = Instant::now();
     let mut last_log = Instant::now();
     let mut read = 0;
-    while !remaining.is_empty() && !shutdown.is_triggered() {
+    while !remaining.is_empty() && !stop() {
         match consumer.poll(POLL_TIMEOUT) {
             Some(Ok(message)) => {
                 apply(&message);
@@ -81,7 +127,7 @@ pub fn read_to_end<C: ConsumerContext>(
                 }
             }
             Some(Err(error)) => {
-                telemetry::kafka_error(super::sink::error_kind(&error), &error.to_string())
+                telemetry::kafka_error(super::error_kind(&error), &error.to_string())
             }
             // Compaction or transaction markers can leave the last offset
             // below the high watermark: the position says where we really are.
@@ -117,4 +163,35 @@ pub fn read_to_end<C: ConsumerContext>(
         "read to the end"
     );
     Ok(read)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_moving_or_loading_coordinator_is_asked_again_and_other_errors_are_not() {
+        let settling = [
+            RDKafkaErrorCode::NotCoordinator,
+            RDKafkaErrorCode::CoordinatorLoadInProgress,
+            RDKafkaErrorCode::CoordinatorNotAvailable,
+            RDKafkaErrorCode::RequestTimedOut,
+        ];
+        for code in settling {
+            assert!(
+                coordinator_is_settling(&KafkaError::MetadataFetch(code)),
+                "{code:?}"
+            );
+        }
+        for code in [
+            RDKafkaErrorCode::GroupAuthorizationFailed,
+            RDKafkaErrorCode::TopicAuthorizationFailed,
+            RDKafkaErrorCode::UnknownTopicOrPartition,
+        ] {
+            assert!(
+                !coordinator_is_settling(&KafkaError::MetadataFetch(code)),
+                "{code:?}"
+            );
+        }
+    }
 }

@@ -2,34 +2,64 @@
 //! and at every rebalance that assigns it a partition, before any of that
 //! partition's records is decided.
 //!
+//! Restores run on a thread of their own ([`RestoreWorker`]): the rebalance
+//! callback only hands the assigned partitions over (paused), and the
+//! consumer goes on deciding its other partitions meanwhile; it resumes the
+//! new ones once their books are with their shards (see `source`).
+//!
 //! Every status goes to the partition of the status topic with the same
 //! number as its order's partition of `orders` (see `worker`), so the state
 //! of orders partition `p` is status partition `p` read from the beginning:
 //! each status's changelog header rebuilds `p`'s order book and puts back
-//! in the inventory what `p`'s orders hold (see the `state` module).
+//! in the inventory what `p`'s orders hold (see the `state` module). After
+//! it, partition `p` of the state topic: the records of changes that have
+//! no status (a capture, a shipment, a return); each order keeps its
+//! newest record by version.
 
 use super::catch_up::{partitions_of, read_to_end};
-use super::StartError;
+use super::tracker::OffsetTracker;
+use super::{Reader, ReaderContext, StartError};
 use crate::config::Config;
-use crate::engine::OrderBook;
+use crate::engine::{self, OrderBook};
 use crate::inventory::Inventory;
 use crate::shutdown::Shutdown;
 use crate::state::{self, Restorer};
-use crate::telemetry;
-use rdkafka::consumer::BaseConsumer;
+use crate::telemetry::{self, KafkaErrorKind};
+use crossbeam_channel::{Receiver, RecvTimeoutError, Sender};
 use rdkafka::message::{Headers, Message};
 use std::collections::HashMap;
 use std::sync::Arc;
+use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
 
 /// First wait before trying a failed restore again; doubles up to the max.
 const RETRY_BACKOFF_MIN: Duration = Duration::from_millis(200);
 const RETRY_BACKOFF_MAX: Duration = Duration::from_secs(5);
+/// How often the restore worker looks at this process's earlier outputs,
+/// and for shutdown while it has no job.
+const WAIT_POLL: Duration = Duration::from_millis(5);
+const IDLE_POLL: Duration = Duration::from_millis(100);
 
-/// Restores partitions from the status topic, with its own reader.
+/// Restored books, by partition.
+pub type Books = HashMap<i32, OrderBook>;
+
+/// Gives back to the inventory what restored `books` took, when they will
+/// not be used (a failed attempt, or partitions revoked while restoring).
+/// Exact for units, also for orders the books' windows have forgotten
+/// (they count what their orders hold, see `OrderBook::sold`).
+pub fn give_back<'a>(inventory: &Inventory, books: impl IntoIterator<Item = &'a OrderBook>) {
+    for book in books {
+        engine::forget(inventory, book);
+    }
+}
+
+/// Restores partitions from the status and state topics, with its own
+/// reader.
 pub struct Recovery {
-    reader: BaseConsumer,
+    reader: Reader,
     topic: String,
+    /// Order records written after changes without a status (Part 2).
+    state_topic: String,
     brokers: String,
     inventory: Arc<Inventory>,
     capacity: usize,
@@ -41,8 +71,10 @@ impl Recovery {
     pub fn new(config: &Config, inventory: Arc<Inventory>) -> Result<Self, StartError> {
         let group = format!("{}-restore", config.kafka.group_id);
         Ok(Recovery {
-            reader: super::reader_config(&config.kafka, &group).create()?,
+            reader: super::reader_config(&config.kafka, &group)
+                .create_with_context(ReaderContext)?,
             topic: config.topics.status.clone(),
+            state_topic: config.topics.state.clone(),
             brokers: config.kafka.brokers.clone(),
             inventory,
             capacity: config.engine.dedup_window_orders,
@@ -63,32 +95,30 @@ impl Recovery {
 
     /// Rebuilds the books of `partitions` and takes what their orders hold
     /// in the inventory. A broker that does not answer is tried again, with
-    /// backoff, until it does or shutdown comes (then `None`): deciding a
-    /// partition without its state could decide an order twice.
-    pub fn restore(
-        &self,
-        partitions: &[i32],
-        shutdown: &Shutdown,
-    ) -> Option<HashMap<i32, OrderBook>> {
+    /// backoff, until it does or `stop` says so (then `None`, and what the
+    /// attempt took is given back): deciding a partition without its state
+    /// could decide an order twice.
+    pub fn restore(&self, partitions: &[i32], stop: &dyn Fn() -> bool) -> Option<Books> {
         let mut backoff = RETRY_BACKOFF_MIN;
-        while !shutdown.is_triggered() {
+        while !stop() {
             let started = Instant::now();
             let mut restorer = Restorer::new(&self.inventory, self.capacity, self.quota_of);
-            match self.read(partitions, &mut restorer, shutdown) {
-                Ok(()) if !shutdown.is_triggered() => {
+            match self.read(partitions, &mut restorer, stop) {
+                Ok(()) if !stop() => {
                     telemetry::orders_recovered(partitions, restorer.applied, started.elapsed());
                     return Some(restorer.finish(partitions));
                 }
-                Ok(()) => return None,
+                Ok(()) => {
+                    give_back(&self.inventory, restorer.finish(&[]).values());
+                    return None;
+                }
                 Err(error) => {
                     // What this attempt took goes back before the next one.
-                    for book in restorer.finish(&[]).values() {
-                        crate::engine::forget(&self.inventory, book);
-                    }
-                    telemetry::kafka_error("restore", &error.to_string());
+                    give_back(&self.inventory, restorer.finish(&[]).values());
+                    telemetry::kafka_error(KafkaErrorKind::Restore, &error.to_string());
                     tracing::warn!(?partitions, %error, retry_in_ms = backoff.as_millis() as u64,
                         "restoring partition state failed; trying again");
-                    std::thread::sleep(backoff);
+                    sleep_unless(backoff, stop);
                     backoff = (backoff * 2).min(RETRY_BACKOFF_MAX);
                 }
             }
@@ -100,7 +130,7 @@ impl Recovery {
         &self,
         partitions: &[i32],
         restorer: &mut Restorer<'_>,
-        shutdown: &Shutdown,
+        stop: &dyn Fn() -> bool,
     ) -> Result<(), StartError> {
         let mut unreadable = 0u64;
         read_to_end(
@@ -108,7 +138,7 @@ impl Recovery {
             &self.topic,
             Some(partitions),
             &self.brokers,
-            shutdown,
+            stop,
             |message| {
                 let entry = message
                     .headers()
@@ -135,6 +165,154 @@ impl Recovery {
                 "status records without a readable state header were skipped"
             );
         }
+        // Then the changes that have no status (payments, shipments,
+        // returns): the restorer keeps each order's newest record by its
+        // version, whichever topic it came from.
+        let mut unreadable = 0u64;
+        read_to_end(
+            &self.reader,
+            &self.state_topic,
+            Some(partitions),
+            &self.brokers,
+            stop,
+            |message| {
+                let entry = message.payload().map(state::decode);
+                match (
+                    message.key().and_then(|k| std::str::from_utf8(k).ok()),
+                    entry,
+                ) {
+                    (Some(order_id), Some(Ok(entry))) if partitions.contains(&entry.partition) => {
+                        restorer.apply(order_id, entry)
+                    }
+                    (Some(_), Some(Ok(_))) => {}
+                    // A tombstone (compaction) or a record this version
+                    // cannot read.
+                    (_, None) => {}
+                    _ => unreadable += 1,
+                }
+            },
+        )?;
+        if unreadable > 0 {
+            tracing::warn!(
+                unreadable,
+                "order-state records that could not be read were skipped"
+            );
+        }
         Ok(())
+    }
+}
+
+/// A restore to run in the background.
+#[derive(Debug)]
+pub struct RestoreJob {
+    pub id: u64,
+    pub partitions: Vec<i32>,
+    /// Shards still giving back what some of these partitions held before
+    /// (revoked and assigned again right after): the restore waits for
+    /// them, or the inventory would count those holdings twice for a while
+    /// and refuse units it has.
+    pub released: Vec<Receiver<()>>,
+    /// Triggered when none of the partitions is wanted any more (revoked
+    /// or lost while restoring): the job stops and gives back what it took.
+    pub cancel: Shutdown,
+}
+
+/// The thread that restores partitions, one job after the other.
+pub struct RestoreWorker {
+    jobs: Option<Sender<RestoreJob>>,
+    results: Receiver<(u64, Option<Books>)>,
+    thread: Option<JoinHandle<()>>,
+}
+
+impl RestoreWorker {
+    /// Starts the thread. A job's result is `None` when it was cancelled or
+    /// shutdown came first.
+    pub fn start(recovery: Recovery, tracker: Arc<OffsetTracker>, shutdown: Shutdown) -> Self {
+        let (jobs_tx, jobs) = crossbeam_channel::unbounded::<RestoreJob>();
+        let (results_tx, results) = crossbeam_channel::unbounded();
+        let thread = std::thread::Builder::new()
+            .name("restore".into())
+            .spawn(move || loop {
+                let job = match jobs.recv_timeout(IDLE_POLL) {
+                    Ok(job) => job,
+                    Err(RecvTimeoutError::Timeout) if !shutdown.is_triggered() => continue,
+                    Err(_) => return,
+                };
+                let books = restore_job(&recovery, &tracker, &job, &shutdown);
+                if results_tx.send((job.id, books)).is_err() {
+                    return;
+                }
+            })
+            .expect("spawning a thread");
+        RestoreWorker {
+            jobs: Some(jobs_tx),
+            results,
+            thread: Some(thread),
+        }
+    }
+
+    pub fn submit(&self, job: RestoreJob) {
+        if let Some(jobs) = &self.jobs {
+            let _ = jobs.send(job);
+        }
+    }
+
+    /// Jobs finished since the last call, with their books.
+    pub fn finished(&self) -> Vec<(u64, Option<Books>)> {
+        self.results.try_iter().collect()
+    }
+
+    /// Ends the thread (after shutdown was triggered, a running job stops).
+    pub fn stop(&mut self) {
+        self.jobs = None;
+        if let Some(thread) = self.thread.take() {
+            let _ = thread.join();
+        }
+    }
+}
+
+/// One job: waits for what it must, then restores.
+fn restore_job(
+    recovery: &Recovery,
+    tracker: &OffsetTracker,
+    job: &RestoreJob,
+    shutdown: &Shutdown,
+) -> Option<Books> {
+    for released in &job.released {
+        // A shard answers once its queue before the release is done; one
+        // that stopped dropped its sender (an error here).
+        let _ = released.recv();
+    }
+    // Outputs this process sent for a partition before it lost it (a
+    // session that timed out during a broker outage, say) may still be on
+    // their way: the restore must see them, or it would decide their
+    // records again. So it first waits until they are acknowledged.
+    let stop = || shutdown.is_triggered() || job.cancel.is_triggered();
+    let mut logged = false;
+    while job
+        .partitions
+        .iter()
+        .any(|p| tracker.waiting_outputs(*p) > 0)
+    {
+        if stop() {
+            return None;
+        }
+        if !logged {
+            tracing::info!(
+                partitions = ?job.partitions,
+                "waiting for this process's earlier outputs before restoring"
+            );
+            logged = true;
+        }
+        std::thread::sleep(WAIT_POLL);
+    }
+    recovery.restore(&job.partitions, &stop)
+}
+
+/// Sleeps for `duration`, or less if `stop` says so first.
+fn sleep_unless(duration: Duration, stop: &dyn Fn() -> bool) {
+    let deadline = Instant::now() + duration;
+    while !stop() && Instant::now() < deadline {
+        std::thread::sleep(WAIT_POLL.max(Duration::from_millis(20)).min(duration));
     }
 }

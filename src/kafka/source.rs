@@ -5,37 +5,54 @@
 //! order) always has one owner. Shard queues are bounded: when a shard falls
 //! behind, the consumer waits, and the broker holds the backlog.
 //!
-//! Offsets are stored for commit only up to the oldest record whose outputs
-//! are not yet acknowledged (see [`OffsetTracker`]); librdkafka commits the
-//! stored offsets in the background. Before partitions are revoked in a
-//! rebalance, the consumer waits until what it dispatched for them is
-//! delivered and commits it, so the next owner starts where this one ended.
+//! Each concern has one owner, and rdkafka's callbacks only hand work over:
 //!
-//! With Kafka transactions (see `transaction`), the consumer instead stops
-//! dispatching every `engine.commit_interval_ms`, before partitions are
-//! revoked and at shutdown, waits until everything dispatched is decided
-//! and acknowledged, and commits the offsets inside the transaction.
+//! - [`SourceContext`] (the rebalance callback) records what changed. An
+//!   assignment is applied at once, paused, so nothing of a new partition is
+//!   fetched before its state is restored; a revoke is applied later, by
+//!   the poll loop, once the partitions can be handed over; a lost
+//!   assignment (the group already gave it away) is applied at once.
+//! - [`Ownership`] knows where each partition stands (restoring, owned,
+//!   being handed over) and which records may be dispatched: only those of
+//!   owned partitions, whose books are with their shards.
+//! - The [`RestoreWorker`] reads newly assigned partitions' state from the
+//!   status topic in the background, while the other partitions go on.
+//! - The [`OffsetTracker`] says which offsets are safe to commit: only up
+//!   to the oldest record whose outputs are not all acknowledged; librdkafka
+//!   commits the stored offsets in the background. A revoked partition is
+//!   handed over only once everything dispatched for it is acknowledged and
+//!   committed, so the next owner starts where this one ended and restores
+//!   every status it wrote.
+//! - With Kafka transactions ([`Transactions`]) the consumer instead stops
+//!   dispatching every `engine.commit_interval_ms`, at a revoke and at
+//!   shutdown, waits until everything dispatched is decided and
+//!   acknowledged, and commits the offsets inside the transaction.
+//! - [`Flow`] pauses and resumes partitions and sets readiness: restoring
+//!   and revoking partitions are paused; owned ones while the outputs in
+//!   flight are over their bound ([`max_outputs_in_flight`]), and, with
+//!   `engine.stock_split = "whole"`, while this process does not own every
+//!   partition (another instance would sell the same stock: it pauses and
+//!   says so).
 //!
-//! When partitions are assigned, their state is restored from the status
-//! topic (see `recovery`) and handed to their shards before any of their
-//! records; when they are revoked, their shards give back what they held.
-//! With `engine.stock_split = "whole"` the process decides only while it
-//! owns every partition: otherwise another instance sells the same stock,
-//! so it pauses and says so.
+//! The poll loop (`Source::run`) runs them, on one thread.
 
-use super::recovery::Recovery;
+use super::ownership::{Flow, Ownership, Verdict};
+use super::recovery::{give_back, Recovery, RestoreJob, RestoreWorker};
 use super::tracker::OffsetTracker;
 use super::transaction::{Next, TransactionError, Transactions};
 use super::worker::Work;
+use super::Fatal;
+use crate::inventory::Inventory;
 use crate::shutdown::Shutdown;
-use crate::telemetry::{self, Readiness};
-use crossbeam_channel::{SendTimeoutError, Sender};
+use crate::telemetry::{self, KafkaErrorKind, Readiness};
+use crossbeam_channel::{Receiver, SendTimeoutError, Sender};
 use parking_lot::Mutex;
-use rdkafka::consumer::{BaseConsumer, CommitMode, Consumer, ConsumerContext, Rebalance};
+use rdkafka::consumer::{BaseConsumer, CommitMode, Consumer, ConsumerContext, RebalanceProtocol};
 use rdkafka::error::KafkaError;
 use rdkafka::message::Message;
 use rdkafka::statistics::Statistics;
 use rdkafka::topic_partition_list::{Offset, TopicPartitionList};
+use rdkafka::types::RDKafkaRespErr;
 use rdkafka::ClientContext;
 use std::collections::HashMap;
 use std::sync::Arc;
@@ -45,8 +62,24 @@ use std::time::{Duration, Instant};
 const POLL_TIMEOUT: Duration = Duration::from_millis(100);
 /// How long a full shard queue is waited on before checking for shutdown.
 const DISPATCH_RETRY: Duration = Duration::from_millis(100);
-/// How often a revoke waits between looking at delivery progress.
-const DRAIN_POLL: Duration = Duration::from_millis(5);
+/// How often pausing and readiness are brought up to date between records.
+const FLOW_INTERVAL: Duration = Duration::from_millis(5);
+/// Outputs in flight allowed per record the shard queues can hold; see
+/// [`max_outputs_in_flight`].
+pub const OUTPUTS_IN_FLIGHT_PER_QUEUED_RECORD: usize = 8;
+
+/// The outputs in flight (produced, not yet acknowledged, follow-ups and
+/// held ones included) past which the consumer pauses its partitions, until
+/// they fall to half: [`OUTPUTS_IN_FLIGHT_PER_QUEUED_RECORD`] per record
+/// the shard queues hold (`engine.shards × engine.shard_queue_records`;
+/// 131,072 with the defaults, a few hundred bytes each). During an outage
+/// of the output brokers, what waits in memory for redelivery is thus
+/// bounded, and the broker holds the backlog of orders.
+pub fn max_outputs_in_flight(shards: usize, shard_queue_records: usize) -> usize {
+    OUTPUTS_IN_FLIGHT_PER_QUEUED_RECORD
+        .saturating_mul(shards)
+        .saturating_mul(shard_queue_records)
+}
 
 /// One consumed record, owned, on its way to a shard.
 #[derive(Debug)]
@@ -60,310 +93,54 @@ pub struct Record {
     pub received: quanta::Instant,
 }
 
-/// State shared by the poll loop and the rebalance callbacks (which run on
-/// the poll loop's thread, inside `poll`).
-pub struct SourceShared {
-    pub topic: String,
-    pub tracker: Arc<OffsetTracker>,
-    /// Highest offset dispatched to a shard, per partition.
-    dispatched: Mutex<HashMap<i32, i64>>,
-    /// How long a revoke waits for in-flight outputs.
-    drain_timeout: Duration,
-    /// Queue of each shard; emptied by [`SourceShared::close`].
-    shards: Mutex<Vec<Sender<Work>>>,
-    recovery: Recovery,
-    /// Partition count of `orders`.
-    partitions: usize,
-    /// Sells the whole stock: decide only while owning every partition.
-    whole: bool,
-    readiness: Readiness,
-    shutdown: Shutdown,
-    /// Kafka transactions, if on: offsets are committed inside them.
-    transactions: Option<Transactions>,
-    /// Why the processor must stop: a transaction failed and was aborted.
-    failure: Mutex<Option<TransactionError>>,
+/// A change of the assignment, recorded by the rebalance callback for the
+/// poll loop.
+#[derive(Debug, PartialEq, Eq)]
+enum Change {
+    /// Assigned and paused: to restore.
+    Assigned(Vec<i32>),
+    /// Revoked and paused, still assigned: to hand over, then unassign.
+    Revoked(Vec<i32>),
+    /// Lost, already unassigned: gone.
+    Lost(Vec<i32>),
 }
 
-/// What the source needs besides the tracker.
-pub struct SourceSetup {
-    pub topic: String,
-    pub drain_timeout: Duration,
-    pub shards: Vec<Sender<Work>>,
-    pub recovery: Recovery,
-    pub partitions: usize,
-    pub whole: bool,
-    pub readiness: Readiness,
-    pub shutdown: Shutdown,
-    pub transactions: Option<Transactions>,
-}
-
-impl SourceShared {
-    pub fn new(tracker: Arc<OffsetTracker>, setup: SourceSetup) -> Self {
-        SourceShared {
-            topic: setup.topic,
-            tracker,
-            dispatched: Mutex::new(HashMap::new()),
-            drain_timeout: setup.drain_timeout,
-            shards: Mutex::new(setup.shards),
-            recovery: setup.recovery,
-            partitions: setup.partitions,
-            whole: setup.whole,
-            readiness: setup.readiness,
-            shutdown: setup.shutdown,
-            transactions: setup.transactions,
-            failure: Mutex::new(None),
-        }
-    }
-
-    /// Whether offsets are committed inside Kafka transactions.
-    pub fn transactional(&self) -> bool {
-        self.transactions.is_some()
-    }
-
-    /// The error that stopped the processor, if a transaction failed.
-    pub fn take_failure(&self) -> Option<TransactionError> {
-        self.failure.lock().take()
-    }
-
-    /// Transactional mode: waits until every dispatched record is decided
-    /// and all outputs are acknowledged, then commits the transaction with
-    /// the consumed offsets and begins the next (unless `next` is
-    /// `Finish`). A failure aborts it, is kept for [`Self::take_failure`]
-    /// and triggers shutdown; returns false then (and after any failure).
-    pub fn commit_transaction(&self, consumer: &BaseConsumer<SourceContext>, next: Next) -> bool {
-        let Some(transactions) = &self.transactions else {
-            return true;
-        };
-        if self.failure.lock().is_some() {
-            return false;
-        }
-        if !transactions.is_open() {
-            return true; // finished at shutdown
-        }
-        let offsets = match self.settle(transactions) {
-            Ok(()) => self.committable(None),
-            Err(cause) => {
-                self.fail(transactions.abort(&cause));
-                return false;
-            }
-        };
-        match transactions.commit(&offsets, consumer.group_metadata().as_ref(), next) {
-            Ok(()) if next == Next::Finish => {
-                let offsets: Vec<String> = offsets
-                    .elements()
-                    .iter()
-                    .map(|e| format!("{}:{}", e.partition(), e.offset().to_raw().unwrap_or(-1)))
-                    .collect();
-                tracing::info!(
-                    offsets = %offsets.join(","),
-                    "last transaction committed, with the next offset to read per partition"
-                );
-                true
-            }
-            Ok(()) => true,
-            Err(error) => {
-                self.fail(error);
-                false
-            }
-        }
-    }
-
-    /// Keeps `error` for [`Self::take_failure`] and stops the processor.
-    fn fail(&self, error: TransactionError) {
-        tracing::error!(%error, "stopping");
-        *self.failure.lock() = Some(error);
-        self.shutdown.trigger();
-    }
-
-    /// Waits until every dispatched record is decided and every output of
-    /// the transaction acknowledged, or says why it cannot be committed.
-    fn settle(&self, transactions: &Transactions) -> Result<(), String> {
-        let deadline = Instant::now() + transactions.timeout();
-        loop {
-            if transactions.doomed() {
-                return Err("an output could not be delivered".into());
-            }
-            let partitions: Vec<i32> = self.dispatched.lock().keys().copied().collect();
-            if self.drained(&partitions) && self.tracker.pending_outputs() == 0 {
-                return Ok(());
-            }
-            if Instant::now() >= deadline {
-                return Err(format!(
-                    "outputs still unacknowledged after the transaction timeout of {} ms",
-                    transactions.timeout().as_millis()
-                ));
-            }
-            std::thread::sleep(super::transaction::SETTLE_POLL);
-        }
-    }
-
-    /// Drops the shards' queues: each shard finishes what it has and stops.
-    pub fn close(&self) {
-        self.shards.lock().clear();
-    }
-
-    /// Hands work to the shard of `partition`, waiting while its queue is
-    /// full. False if shutdown came first or the shards are closed.
-    fn dispatch(&self, partition: i32, work: Work) -> bool {
-        let shards = self.shards.lock();
-        if shards.is_empty() {
-            return false;
-        }
-        let shard = &shards[partition as usize % shards.len()];
-        dispatch(shard, work, &self.shutdown)
-    }
-
-    /// Restores the state of newly assigned partitions and hands it to
-    /// their shards, ahead of their records.
-    ///
-    /// Outputs this process sent for a partition before it lost it (a
-    /// session that timed out during a broker outage, say) may still be on
-    /// their way: the restore must see them, or it would decide their
-    /// records again. So it first waits until they are acknowledged.
-    fn adopt(&self, partitions: &[i32]) {
-        let mut logged = false;
-        while partitions
-            .iter()
-            .any(|p| self.tracker.waiting_outputs(*p) > 0)
-        {
-            if self.shutdown.is_triggered() {
-                return;
-            }
-            if !logged {
-                tracing::info!(
-                    ?partitions,
-                    "waiting for this process's earlier outputs before restoring"
-                );
-                logged = true;
-            }
-            std::thread::sleep(DRAIN_POLL);
-        }
-        self.forget(partitions);
-        let Some(books) = self.recovery.restore(partitions, &self.shutdown) else {
-            return; // shutdown: nothing more is decided
-        };
-        for (partition, book) in books {
-            self.dispatch(partition, Work::Adopt { partition, book });
-        }
-    }
-
-    /// Has the shards give back what revoked partitions held, and waits
-    /// until they did: a partition assigned again right after must not be
-    /// restored on top of holdings not yet given back (the inventory would
-    /// count them twice for a moment and refuse units it has).
-    fn release(&self, partitions: &[i32]) {
-        let (done, released) = crossbeam_channel::bounded(partitions.len());
-        let mut waiting = 0;
-        for partition in partitions {
-            let work = Work::Release {
-                partition: *partition,
-                done: done.clone(),
-            };
-            if self.dispatch(*partition, work) {
-                waiting += 1;
-            }
-        }
-        drop(done);
-        for _ in 0..waiting {
-            // A shard answers after the records queued before; one that
-            // stopped (its queue closed) dropped its `done`: an error here.
-            if released.recv().is_err() {
-                return;
-            }
-        }
-    }
-
-    /// Reports the partitions owned after a rebalance and, with the whole
-    /// stock, decides only while owning every partition.
-    fn after_rebalance(&self, consumer: &BaseConsumer<SourceContext>) {
-        let Ok(assignment) = consumer.assignment() else {
-            return;
-        };
-        let owned = assignment.elements_for_topic(&self.topic).len();
-        telemetry::partitions_assigned(owned);
-        if !self.whole || owned == 0 {
-            return; // quotas, or nothing owned: nothing to pause
-        }
-        if owned < self.partitions {
-            tracing::error!(
-                owned,
-                partitions = self.partitions,
-                "another instance shares the consumer group, and engine.stock_split = \"whole\" \
-                 lets every instance sell the whole stock: paused so nothing is oversold; \
-                 run one instance, or set engine.stock_split = \"partition\" on all of them"
-            );
-            if let Err(e) = consumer.pause(&assignment) {
-                telemetry::kafka_error("client", &e.to_string());
-            }
-            self.readiness
-                .set_not_ready("paused: another instance shares the whole stock");
-        } else {
-            if let Err(e) = consumer.resume(&assignment) {
-                telemetry::kafka_error("client", &e.to_string());
-            }
-            self.readiness.set_ready();
-        }
-    }
-
-    /// Offsets safe to commit for the given partitions (all known if `None`).
-    fn committable(&self, only: Option<&[i32]>) -> TopicPartitionList {
-        let dispatched = self.dispatched.lock();
-        let mut tpl = TopicPartitionList::new();
-        for partition in dispatched.keys() {
-            if only.is_some_and(|only| !only.contains(partition)) {
-                continue;
-            }
-            if let Some(offset) = self.tracker.committable(*partition) {
-                let _ = tpl.add_partition_offset(&self.topic, *partition, Offset::Offset(offset));
-            }
-        }
-        tpl
-    }
-
-    /// Waits until every dispatched record of `partitions` has its outputs
-    /// acknowledged, or the drain timeout passes. Returns whether it drained.
-    fn drain(&self, partitions: &[i32]) -> bool {
-        let deadline = Instant::now() + self.drain_timeout;
-        loop {
-            if self.drained(partitions) {
-                return true;
-            }
-            if Instant::now() >= deadline {
-                return false;
-            }
-            std::thread::sleep(DRAIN_POLL);
-        }
-    }
-
-    /// Whether every dispatched record of `partitions` is decided and its
-    /// outputs acknowledged.
-    fn drained(&self, partitions: &[i32]) -> bool {
-        let dispatched = self.dispatched.lock();
-        partitions.iter().all(|p| match dispatched.get(p) {
-            Some(last) => self
-                .tracker
-                .committable(*p)
-                .is_some_and(|next| next > *last),
-            None => true,
-        })
-    }
-
-    fn forget(&self, partitions: &[i32]) {
-        let mut dispatched = self.dispatched.lock();
-        for p in partitions {
-            dispatched.remove(p);
-            self.tracker.forget(*p);
-        }
-    }
-}
-
+/// The orders consumer's context: statistics, errors, and the rebalance
+/// callback, which only records what changed (see the module doc).
 pub struct SourceContext {
-    pub shared: Arc<SourceShared>,
+    topic: String,
+    changes: Mutex<Vec<Change>>,
+    shutdown: Shutdown,
+}
+
+impl SourceContext {
+    pub fn new(topic: &str, shutdown: &Shutdown) -> Self {
+        SourceContext {
+            topic: topic.to_string(),
+            changes: Mutex::new(Vec::new()),
+            shutdown: shutdown.clone(),
+        }
+    }
+
+    fn take_changes(&self) -> Vec<Change> {
+        std::mem::take(&mut *self.changes.lock())
+    }
+
+    fn partitions(&self, tpl: &TopicPartitionList) -> Vec<i32> {
+        tpl.elements_for_topic(&self.topic)
+            .iter()
+            .map(|e| e.partition())
+            .collect()
+    }
 }
 
 impl ClientContext for SourceContext {
+    fn log(&self, level: rdkafka::config::RDKafkaLogLevel, fac: &str, log_message: &str) {
+        telemetry::librdkafka_log(level, fac, log_message);
+    }
+
     fn stats(&self, statistics: Statistics) {
-        let Some(topic) = statistics.topics.get(&self.shared.topic) else {
+        let Some(topic) = statistics.topics.get(&self.topic) else {
             return;
         };
         // Partition -1 is librdkafka's "unassigned" placeholder. A partition
@@ -378,139 +155,570 @@ impl ClientContext for SourceContext {
     }
 
     fn error(&self, error: KafkaError, reason: &str) {
-        telemetry::kafka_error(super::sink::error_kind(&error), reason);
+        telemetry::kafka_error(super::error_kind(&error), reason);
     }
 }
 
 impl ConsumerContext for SourceContext {
-    fn pre_rebalance(&self, consumer: &BaseConsumer<Self>, rebalance: &Rebalance<'_>) {
-        let Rebalance::Revoke(revoked) = rebalance else {
-            return;
-        };
-        let partitions: Vec<i32> = revoked
-            .elements_for_topic(&self.shared.topic)
-            .iter()
-            .map(|element| element.partition())
-            .collect();
-        if partitions.is_empty() {
-            return;
-        }
-        let drained = if self.shared.transactional() {
-            // Everything dispatched, of every partition, commits now, with
-            // the generation that still owns the revoked ones. On failure
-            // the processor stops (see `commit_transaction`).
-            self.shared.commit_transaction(consumer, Next::Begin);
-            true
-        } else {
-            let drained = self.shared.drain(&partitions);
-            if !drained {
-                tracing::warn!(
-                    ?partitions,
-                    "revoked partitions still had undelivered outputs; committing what is done"
-                );
+    fn rebalance(
+        &self,
+        consumer: &BaseConsumer<Self>,
+        err: RDKafkaRespErr,
+        tpl: &mut TopicPartitionList,
+    ) {
+        let partitions = self.partitions(tpl);
+        let change = match err {
+            RDKafkaRespErr::RD_KAFKA_RESP_ERR__ASSIGN_PARTITIONS => {
+                let assigned = match consumer.rebalance_protocol() {
+                    RebalanceProtocol::Cooperative => consumer.incremental_assign(tpl),
+                    _ => consumer.assign(tpl),
+                };
+                if let Err(error) = assigned {
+                    telemetry::kafka_error(KafkaErrorKind::Client, &error.to_string());
+                }
+                // Paused before anything is fetched: none of their records
+                // reaches the poll loop before their state is restored.
+                if let Err(error) = consumer.pause(tpl) {
+                    telemetry::kafka_error(KafkaErrorKind::Client, &error.to_string());
+                }
+                Change::Assigned(partitions)
             }
-            let tpl = self.shared.committable(Some(&partitions));
-            if tpl.count() > 0 {
-                if let Err(e) = consumer.commit(&tpl, CommitMode::Sync) {
-                    telemetry::kafka_error("commit", &e.to_string());
+            RDKafkaRespErr::RD_KAFKA_RESP_ERR__REVOKE_PARTITIONS => {
+                if consumer.assignment_lost() || self.shutdown.is_triggered() {
+                    // Nothing to hand over: the group gave them away
+                    // already, or the processor has committed what it did
+                    // and is closing.
+                    unassign(consumer, tpl);
+                    Change::Lost(partitions)
+                } else {
+                    // The poll loop unassigns them once handed over.
+                    if let Err(error) = consumer.pause(tpl) {
+                        telemetry::kafka_error(KafkaErrorKind::Client, &error.to_string());
+                    }
+                    Change::Revoked(partitions)
                 }
             }
-            drained
-        };
-        // Undelivered outputs stay tracked: if a partition comes back, its
-        // restore waits for them (see `adopt`).
-        if drained {
-            self.shared.forget(&partitions);
-        }
-        self.shared.release(&partitions);
-        tracing::info!(?partitions, "partitions revoked");
-    }
-
-    fn post_rebalance(&self, consumer: &BaseConsumer<Self>, rebalance: &Rebalance<'_>) {
-        if let Rebalance::Assign(assigned) = rebalance {
-            let partitions: Vec<i32> = assigned
-                .elements_for_topic(&self.shared.topic)
-                .iter()
-                .map(|e| e.partition())
-                .collect();
-            tracing::info!(?partitions, "partitions assigned");
-            if !partitions.is_empty() {
-                self.shared.adopt(&partitions);
+            other => {
+                let code: rdkafka::types::RDKafkaErrorCode = other.into();
+                telemetry::kafka_error(KafkaErrorKind::Client, &format!("rebalance: {code}"));
+                return;
             }
-        }
-        self.shared.after_rebalance(consumer);
+        };
+        self.changes.lock().push(change);
     }
 }
 
-/// Polls `orders` and dispatches records to shards until shutdown (or a
-/// failed transaction).
-pub fn run(consumer: &BaseConsumer<SourceContext>, shutdown: &Shutdown, commit_interval: Duration) {
-    let shared = consumer.context().shared.clone();
-    let transactional = shared.transactional();
-    let mut last_store = Instant::now();
-    while !shutdown.is_triggered() {
-        match consumer.poll(POLL_TIMEOUT) {
-            Some(Ok(message)) => {
-                let record = Record {
-                    partition: message.partition(),
-                    offset: message.offset(),
-                    key: message.key().map(<[u8]>::to_vec),
-                    value: message.payload().map(<[u8]>::to_vec),
-                    received: quanta::Instant::now(),
-                };
-                let (partition, offset) = (record.partition, record.offset);
-                if !shared.dispatch(partition, Work::Record(record)) {
-                    break;
-                }
-                // Only records a shard got: a transaction's commit waits
-                // for every one of them.
-                shared.dispatched.lock().insert(partition, offset);
-            }
-            Some(Err(error)) => {
-                telemetry::kafka_error(super::sink::error_kind(&error), &error.to_string())
-            }
-            None => {}
-        }
-        if last_store.elapsed() >= commit_interval {
-            if !transactional {
-                store_offsets(consumer);
-            } else if !shared.commit_transaction(consumer, Next::Begin) {
-                break;
-            }
-            last_store = Instant::now();
+/// Removes `tpl` from the consumer's assignment, the way its protocol wants.
+fn unassign<C: ConsumerContext>(consumer: &BaseConsumer<C>, tpl: &TopicPartitionList) {
+    let done = match consumer.rebalance_protocol() {
+        RebalanceProtocol::Cooperative => consumer.incremental_unassign(tpl),
+        _ => consumer.unassign(),
+    };
+    if let Err(error) = done {
+        telemetry::kafka_error(KafkaErrorKind::Client, &error.to_string());
+    }
+}
+
+/// What the source needs.
+pub struct SourceSetup {
+    pub topic: String,
+    /// Queue of each shard.
+    pub shards: Vec<Sender<Work>>,
+    pub tracker: Arc<OffsetTracker>,
+    pub inventory: Arc<Inventory>,
+    pub recovery: Recovery,
+    /// Partition count of `orders`.
+    pub partitions: usize,
+    /// Sells the whole stock: decide only while owning every partition.
+    pub whole: bool,
+    /// See [`max_outputs_in_flight`].
+    pub max_outputs_in_flight: usize,
+    pub commit_interval: Duration,
+    pub readiness: Readiness,
+    pub shutdown: Shutdown,
+    /// Kafka transactions, if on: offsets are committed inside them.
+    pub transactions: Option<Transactions>,
+}
+
+/// The poll loop's state; used by one thread only.
+pub struct Source {
+    topic: String,
+    shards: Vec<Sender<Work>>,
+    tracker: Arc<OffsetTracker>,
+    inventory: Arc<Inventory>,
+    restores: RestoreWorker,
+    ownership: Ownership,
+    flow: Flow,
+    /// Highest offset dispatched to a shard, per partition.
+    dispatched: HashMap<i32, i64>,
+    /// Partitions whose shards are giving back what they held (released
+    /// after a revoke or loss), until a restore of theirs takes the answer.
+    releasing: HashMap<i32, Receiver<()>>,
+    /// How to cancel each running restore job.
+    cancels: HashMap<u64, Shutdown>,
+    commit_interval: Duration,
+    readiness: Readiness,
+    shutdown: Shutdown,
+    transactions: Option<Transactions>,
+    partitions: usize,
+    /// See [`max_outputs_in_flight`].
+    max_outputs_in_flight: usize,
+}
+
+impl Source {
+    pub fn new(setup: SourceSetup) -> Self {
+        let restores = RestoreWorker::start(
+            setup.recovery,
+            setup.tracker.clone(),
+            setup.shutdown.clone(),
+        );
+        Source {
+            topic: setup.topic,
+            shards: setup.shards,
+            tracker: setup.tracker,
+            inventory: setup.inventory,
+            restores,
+            ownership: Ownership::new(),
+            flow: Flow::new(setup.partitions, setup.whole, setup.max_outputs_in_flight),
+            dispatched: HashMap::new(),
+            releasing: HashMap::new(),
+            cancels: HashMap::new(),
+            commit_interval: setup.commit_interval,
+            readiness: setup.readiness,
+            shutdown: setup.shutdown,
+            transactions: setup.transactions,
+            partitions: setup.partitions,
+            max_outputs_in_flight: setup.max_outputs_in_flight,
         }
     }
+
+    /// Whether offsets are committed inside Kafka transactions.
+    pub fn transactional(&self) -> bool {
+        self.transactions.is_some()
+    }
+
+    /// Polls `orders` and dispatches records to shards until shutdown (or
+    /// a failure that stops the processor).
+    pub fn run(&mut self, consumer: &BaseConsumer<SourceContext>) {
+        let mut last_commit = Instant::now();
+        let mut last_flow = Instant::now();
+        while !self.shutdown.is_triggered() {
+            let polled = consumer.poll(POLL_TIMEOUT);
+            // Changes recorded during that poll come first: a message is
+            // judged by the assignment it was fetched under.
+            self.apply_changes(consumer);
+            match polled {
+                Some(Ok(message)) => {
+                    let record = Record {
+                        partition: message.partition(),
+                        offset: message.offset(),
+                        key: message.key().map(<[u8]>::to_vec),
+                        value: message.payload().map(<[u8]>::to_vec),
+                        received: quanta::Instant::now(),
+                    };
+                    drop(message);
+                    if !self.take(record) {
+                        break;
+                    }
+                }
+                Some(Err(error)) => {
+                    telemetry::kafka_error(super::error_kind(&error), &error.to_string())
+                }
+                None => {}
+            }
+            if !self.adopt_restored() {
+                break;
+            }
+            self.hand_over(consumer);
+            // The bound is checked after every record, so it is overshot by
+            // at most what the shard queues already hold.
+            let over = !self.flow.over_bound()
+                && self.tracker.pending_outputs() > self.max_outputs_in_flight;
+            if over || last_flow.elapsed() >= FLOW_INTERVAL {
+                self.update_flow(consumer);
+                last_flow = Instant::now();
+            }
+            if last_commit.elapsed() >= self.commit_interval {
+                if !self.transactional() {
+                    self.store_offsets(consumer);
+                } else if !self.commit_transaction(consumer, Next::Begin) {
+                    break;
+                }
+                last_commit = Instant::now();
+            }
+        }
+    }
+
+    /// Dispatches `record` if its partition is owned. False if the loop
+    /// must stop (shutdown, or a record that must not be decided here).
+    fn take(&mut self, record: Record) -> bool {
+        let (partition, offset) = (record.partition, record.offset);
+        match self.ownership.verdict(partition) {
+            Verdict::Dispatch => {
+                if !self.dispatch(partition, Work::Record(record)) {
+                    return false;
+                }
+                // Only records a shard got: commits wait for every one.
+                self.dispatched.insert(partition, offset);
+                true
+            }
+            // Fetched before a revoke paused it (or before an unassign):
+            // its owner reads it from the committed offset.
+            Verdict::Drop => true,
+            Verdict::Refuse => {
+                self.shutdown
+                    .fail(Fatal::RecordWithoutState { partition, offset });
+                false
+            }
+        }
+    }
+
+    /// Applies what the rebalance callback recorded.
+    fn apply_changes(&mut self, consumer: &BaseConsumer<SourceContext>) {
+        let changes = consumer.context().take_changes();
+        if changes.is_empty() {
+            return;
+        }
+        for change in changes {
+            match change {
+                Change::Assigned(partitions) => {
+                    tracing::info!(?partitions, "partitions assigned; restoring their state");
+                    self.flow.paused_by_consumer(&partitions);
+                    if let Some(job) = self.ownership.assign(&partitions) {
+                        let released = partitions
+                            .iter()
+                            .filter_map(|p| self.releasing.remove(p))
+                            .collect();
+                        let cancel = Shutdown::new();
+                        self.cancels.insert(job.id, cancel.clone());
+                        self.restores.submit(RestoreJob {
+                            id: job.id,
+                            partitions: job.partitions,
+                            released,
+                            cancel,
+                        });
+                    }
+                }
+                Change::Revoked(partitions) => {
+                    tracing::info!(
+                        ?partitions,
+                        "partitions revoked; handing them over once what was dispatched for \
+                         them is acknowledged"
+                    );
+                    self.flow.paused_by_consumer(&partitions);
+                    self.ownership.revoke(&partitions);
+                    if self.transactional() {
+                        // Everything dispatched, of every partition, commits
+                        // now, with the generation that still owns the
+                        // revoked ones. On failure the processor stops.
+                        self.commit_transaction(consumer, Next::Begin);
+                    }
+                }
+                Change::Lost(partitions) => {
+                    tracing::warn!(
+                        ?partitions,
+                        "partitions lost: the group gave them to another member (a session \
+                         timeout); outputs still in flight for them may land after the next \
+                         owner restored them (see docs/architecture.md, a zombie owner)"
+                    );
+                    self.flow.unassigned(&partitions);
+                    let owned = self.ownership.lose(&partitions);
+                    if self.transactional() {
+                        // Fenced if the group moved on: the commit fails and
+                        // the processor stops (see `transaction`).
+                        self.commit_transaction(consumer, Next::Begin);
+                    }
+                    // Undelivered outputs stay tracked: if a partition comes
+                    // back, its restore waits for them (see `recovery`).
+                    for partition in owned {
+                        self.dispatched.remove(&partition);
+                        self.release(partition);
+                    }
+                }
+            }
+        }
+        // A restore none of whose partitions is wanted any more stops.
+        for job in self.ownership.unwanted_jobs() {
+            if let Some(cancel) = self.cancels.remove(&job) {
+                cancel.trigger();
+            }
+        }
+        telemetry::partitions_assigned(self.ownership.assigned());
+        self.update_flow(consumer);
+    }
+
+    /// Hands restored books to their shards (the partitions are owned
+    /// from then on); gives back what books of partitions revoked or lost
+    /// meanwhile took. False if shutdown came first.
+    fn adopt_restored(&mut self) -> bool {
+        for (job, books) in self.restores.finished() {
+            self.cancels.remove(&job);
+            // `None`: cancelled (it gave back what it took), or shutdown
+            // came first; partitions still waiting for it stay restoring.
+            let Some(mut books) = books else {
+                self.ownership.abandon(job);
+                continue;
+            };
+            let done = self.ownership.restored(job);
+            give_back(
+                &self.inventory,
+                done.give_back.iter().filter_map(|p| books.get(p)),
+            );
+            for partition in done.adopt {
+                // Its earlier outputs are acknowledged (the restore waited
+                // for them): offsets start over from the committed one.
+                self.tracker.forget(partition);
+                self.dispatched.remove(&partition);
+                let Some(book) = books.remove(&partition) else {
+                    continue; // the restore returns a book for every partition
+                };
+                if !self.dispatch(partition, Work::Adopt { partition, book }) {
+                    return false;
+                }
+            }
+        }
+        true
+    }
+
+    /// Hands over every pending revoke whose partitions are settled:
+    /// commits their offsets, has their shards give back what they held,
+    /// and unassigns them.
+    fn hand_over(&mut self, consumer: &BaseConsumer<SourceContext>) {
+        loop {
+            let (dispatched, tracker) = (&self.dispatched, &self.tracker);
+            // Decided and acknowledged, and no output of an earlier
+            // ownership (a partition lost, then assigned again) in flight.
+            let settled = |partitions: &[i32]| {
+                drained(dispatched, tracker, partitions)
+                    && partitions.iter().all(|p| tracker.waiting_outputs(*p) == 0)
+            };
+            let Some(revoke) = self.ownership.handed_over(settled) else {
+                return;
+            };
+            // With transactions their offsets were committed at the revoke.
+            if !self.transactional() {
+                let tpl = self.committable(Some(&revoke.partitions));
+                if tpl.count() > 0 {
+                    if let Err(e) = consumer.commit(&tpl, CommitMode::Sync) {
+                        telemetry::kafka_error(KafkaErrorKind::Commit, &e.to_string());
+                    }
+                }
+            }
+            for partition in &revoke.partitions {
+                self.dispatched.remove(partition);
+                self.tracker.forget(*partition);
+                self.release(*partition);
+            }
+            self.unassign(consumer, &revoke.partitions);
+            tracing::info!(partitions = ?revoke.partitions, "partitions handed over");
+            telemetry::partitions_assigned(self.ownership.assigned());
+        }
+    }
+
+    /// Has the shard of `partition` give back what its book holds; a
+    /// restore of the partition waits for the answer.
+    fn release(&mut self, partition: i32) {
+        let (done, released) = crossbeam_channel::bounded(1);
+        if self.dispatch(partition, Work::Release { partition, done }) {
+            self.releasing.insert(partition, released);
+        }
+    }
+
+    fn unassign(&mut self, consumer: &BaseConsumer<SourceContext>, partitions: &[i32]) {
+        unassign(consumer, &self.list(partitions));
+        self.flow.unassigned(partitions);
+    }
+
+    /// Pauses and resumes what [`Flow`] says, and sets readiness.
+    fn update_flow(&mut self, consumer: &BaseConsumer<SourceContext>) {
+        let was_over = self.flow.over_bound();
+        let change = self
+            .flow
+            .update(&self.ownership, self.tracker.pending_outputs());
+        if self.flow.over_bound() != was_over {
+            if was_over {
+                tracing::info!("outputs in flight back under their bound: consuming again");
+            } else {
+                tracing::warn!(
+                    pending = self.tracker.pending_outputs(),
+                    "outputs in flight over their bound (the output brokers are slow or down): \
+                     paused until they are acknowledged"
+                );
+            }
+        }
+        if !change.pause.is_empty() {
+            if let Err(e) = consumer.pause(&self.list(&change.pause)) {
+                // Partitions unassigned a moment ago cannot be paused.
+                tracing::debug!(error = %e, "pausing");
+            }
+        }
+        if !change.resume.is_empty() {
+            if let Err(e) = consumer.resume(&self.list(&change.resume)) {
+                tracing::debug!(error = %e, "resuming");
+            }
+        }
+        match change.ready {
+            Some(false) => {
+                tracing::error!(
+                    owned = self.ownership.assigned(),
+                    partitions = self.partitions,
+                    "another instance shares the consumer group, and engine.stock_split = \
+                     \"whole\" lets every instance sell the whole stock: paused so nothing is \
+                     oversold; run one instance, or set engine.stock_split = \"partition\" on \
+                     all of them"
+                );
+                self.readiness
+                    .set_not_ready("paused: another instance shares the whole stock");
+            }
+            Some(true) => self.readiness.set_ready(),
+            None => {}
+        }
+    }
+
+    fn list(&self, partitions: &[i32]) -> TopicPartitionList {
+        let mut tpl = TopicPartitionList::new();
+        for partition in partitions {
+            tpl.add_partition(&self.topic, *partition);
+        }
+        tpl
+    }
+
+    /// Hands work to the shard of `partition`, waiting while its queue is
+    /// full. False if shutdown came first or the shard stopped.
+    fn dispatch(&self, partition: i32, work: Work) -> bool {
+        if self.shards.is_empty() {
+            return false;
+        }
+        let shard = &self.shards[partition as usize % self.shards.len()];
+        dispatch(shard, work, &self.shutdown)
+    }
+
+    /// Transactional mode: waits until every dispatched record is decided
+    /// and all outputs are acknowledged, then commits the transaction with
+    /// the consumed offsets and begins the next (unless `next` is
+    /// `Finish`). A failure aborts it and stops the processor (see
+    /// [`Shutdown::fail`]); returns false then (and after any failure).
+    pub fn commit_transaction(&self, consumer: &BaseConsumer<SourceContext>, next: Next) -> bool {
+        let Some(transactions) = &self.transactions else {
+            return true;
+        };
+        if !transactions.is_open() {
+            return true; // finished at shutdown, or failed before
+        }
+        if let Err(cause) = self.settle(transactions) {
+            self.shutdown.fail(transactions.abort(&cause));
+            return false;
+        }
+        let offsets = self.committable(None);
+        let committed: Result<(), TransactionError> =
+            transactions.commit(&offsets, consumer.group_metadata().as_ref(), next);
+        match committed {
+            Ok(()) => true,
+            Err(error) => {
+                self.shutdown.fail(error);
+                false
+            }
+        }
+    }
+
+    /// Waits until every dispatched record is decided and every output of
+    /// the transaction acknowledged, or says why it cannot be committed.
+    fn settle(&self, transactions: &Transactions) -> Result<(), String> {
+        let deadline = Instant::now() + transactions.timeout();
+        let partitions: Vec<i32> = self.dispatched.keys().copied().collect();
+        loop {
+            if transactions.doomed() {
+                return Err(transactions.doom_reason());
+            }
+            if drained(&self.dispatched, &self.tracker, &partitions)
+                && self.tracker.pending_outputs() == 0
+            {
+                return Ok(());
+            }
+            if Instant::now() >= deadline {
+                return Err(format!(
+                    "outputs still unacknowledged after the transaction timeout of {} ms",
+                    transactions.timeout().as_millis()
+                ));
+            }
+            std::thread::sleep(super::transaction::SETTLE_POLL);
+        }
+    }
+
+    /// Offsets safe to commit for the given partitions (all known if `None`).
+    fn committable(&self, only: Option<&[i32]>) -> TopicPartitionList {
+        let mut tpl = TopicPartitionList::new();
+        for partition in self.dispatched.keys() {
+            if only.is_some_and(|only| !only.contains(partition)) {
+                continue;
+            }
+            if let Some(offset) = self.tracker.committable(*partition) {
+                let _ = tpl.add_partition_offset(&self.topic, *partition, Offset::Offset(offset));
+            }
+        }
+        tpl
+    }
+
+    /// Stores committable offsets of every partition; librdkafka commits them.
+    fn store_offsets(&self, consumer: &BaseConsumer<SourceContext>) {
+        let tpl = self.committable(None);
+        if tpl.count() > 0 {
+            if let Err(e) = consumer.store_offsets(&tpl) {
+                // Partitions unassigned a moment ago can no longer be stored.
+                tracing::debug!(error = %e, "storing offsets");
+            }
+        }
+    }
+
+    /// Shutdown, first step: no more work for the shards (each finishes
+    /// what it has and stops), and no more restores.
+    pub fn close(&mut self) {
+        self.shards.clear();
+        self.restores.stop();
+    }
+
+    /// Shutdown, last step, after the shards finished and outputs were
+    /// flushed: commits the offsets of delivered work (inside the last
+    /// transaction, with transactions), then hands over what is still
+    /// being revoked, so the consumer can close.
+    pub fn finish(&mut self, consumer: &BaseConsumer<SourceContext>) {
+        if self.transactional() {
+            // The last transaction: waits for every output, commits the
+            // offsets with it, and begins none (a failure stops the
+            // processor with an error).
+            self.commit_transaction(consumer, Next::Finish);
+        } else {
+            let tpl = self.committable(None);
+            if tpl.count() > 0 {
+                if let Err(e) = consumer.commit(&tpl, CommitMode::Sync) {
+                    telemetry::kafka_error(KafkaErrorKind::Commit, &e.to_string());
+                }
+            }
+        }
+        for revoke in self.ownership.hand_over_all() {
+            self.unassign(consumer, &revoke.partitions);
+        }
+    }
+}
+
+/// Whether every dispatched record of `partitions` is decided and its
+/// outputs acknowledged.
+fn drained(dispatched: &HashMap<i32, i64>, tracker: &OffsetTracker, partitions: &[i32]) -> bool {
+    partitions.iter().all(|p| match dispatched.get(p) {
+        Some(last) => tracker.committable(*p).is_some_and(|next| next > *last),
+        None => true,
+    })
 }
 
 /// Sends work to a shard, waiting while the queue is full. Returns false if
-/// shutdown came first (a record is then not committed).
+/// shutdown came first (a record is then not committed) or the shard
+/// stopped.
 fn dispatch(shard: &Sender<Work>, mut work: Work, shutdown: &Shutdown) -> bool {
     loop {
         match shard.send_timeout(work, DISPATCH_RETRY) {
             Ok(()) => return true,
             Err(SendTimeoutError::Timeout(back)) if !shutdown.is_triggered() => work = back,
             Err(_) => return false,
-        }
-    }
-}
-
-/// Stores committable offsets of every partition; librdkafka commits them.
-pub fn store_offsets(consumer: &BaseConsumer<SourceContext>) {
-    let tpl = consumer.context().shared.committable(None);
-    if tpl.count() > 0 {
-        if let Err(e) = consumer.store_offsets(&tpl) {
-            // Partitions revoked a moment ago can no longer be stored.
-            tracing::debug!(error = %e, "storing offsets");
-        }
-    }
-}
-
-/// Final commit at shutdown, after shards finished and outputs flushed.
-pub fn commit_final(consumer: &BaseConsumer<SourceContext>) {
-    let tpl = consumer.context().shared.committable(None);
-    if tpl.count() > 0 {
-        if let Err(e) = consumer.commit(&tpl, CommitMode::Sync) {
-            telemetry::kafka_error("commit", &e.to_string());
         }
     }
 }

@@ -22,13 +22,15 @@
 //! probe therefore commits offset 0 of the first `orders` partition for a
 //! group of its own, `{group_id}-transactions-probe`, which nothing reads.
 
-use super::sink::{Sink, TxnState};
+use super::sink::{OutputLimits, Sink, SinkSetup, TxnState};
 use super::tracker::OffsetTracker;
-use crate::config::{Config, KafkaConfig};
-use rdkafka::consumer::{BaseConsumer, Consumer, ConsumerGroupMetadata};
+use crate::config::{Config, KafkaConfig, TransactionMode};
+use crate::shutdown::Shutdown;
+use rdkafka::consumer::{Consumer, ConsumerGroupMetadata};
 use rdkafka::error::KafkaError;
 use rdkafka::producer::Producer;
 use rdkafka::topic_partition_list::{Offset, TopicPartitionList};
+use rdkafka::types::RDKafkaErrorCode;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -51,6 +53,18 @@ pub enum TransactionError {
          (see docs/architecture.md, \"Where each guarantee holds\")"
     )]
     Unsupported { brokers: String, cause: String },
+    #[error(
+        "the brokers at {brokers} refused orderflow's transactions ({cause}): its principal \
+         needs the ACLs Write on transactional-id {id} (a prefixed ACL covers every instance) \
+         and Read on group {probe_group} (docs/security.md). kafka.transactions = \"auto\" \
+         runs without transactions only where the brokers have none, not when they refuse"
+    )]
+    NotAuthorized {
+        brokers: String,
+        id: String,
+        probe_group: String,
+        cause: String,
+    },
     #[error(
         "a transaction could not be committed ({cause}) and was aborted: the in-memory state \
          (order books, reservations) is ahead of what was committed, so the processor stops; \
@@ -92,21 +106,26 @@ pub struct Transactions {
 /// warning naming the setting; with "on" it is an error.
 pub fn start_sink(
     config: &Config,
-    tracker: Arc<OffsetTracker>,
+    trackers: Trackers,
+    shutdown: &Shutdown,
 ) -> Result<(Arc<Sink>, Option<Transactions>), TransactionError> {
-    let plain = |tracker| {
-        Sink::new(
-            super::producer_config(&config.kafka),
-            tracker,
-            config.kafka.max_dlq_payload_bytes,
-            false,
-        )
-        .map(Arc::new)
+    let limits = OutputLimits::of(
+        &super::producer_config(&config.kafka),
+        config.kafka.max_dlq_payload_bytes,
+    );
+    let setup = |transactional| SinkSetup {
+        orders: trackers.orders.clone(),
+        inventory: trackers.inventory.clone(),
+        limits,
+        transactional,
+        shutdown: shutdown.clone(),
+        shutdown_timeout: Duration::from_millis(config.engine.shutdown_timeout_ms),
     };
-    let mode = config.kafka.transactions.as_str();
-    if mode == "off" {
+    let plain = || Sink::new(super::producer_config(&config.kafka), setup(false)).map(Arc::new);
+    let mode = config.kafka.transactions;
+    if mode == TransactionMode::Off {
         tracing::info!("kafka.transactions = \"off\": running without transactions");
-        return Ok((plain(tracker)?, None));
+        return Ok((plain()?, None));
     }
     let id = config.kafka.transactional_id();
     let timeout = transaction_timeout(&config.kafka);
@@ -115,12 +134,7 @@ pub fn start_sink(
         .set("transaction.timeout.ms", timeout.as_millis().to_string())
         // Set last: the id decides the mode, not a pass-through property.
         .set("transactional.id", &id);
-    let sink = Arc::new(Sink::new(
-        producer,
-        tracker.clone(),
-        config.kafka.max_dlq_payload_bytes,
-        true,
-    )?);
+    let sink = Arc::new(Sink::new(producer, setup(true))?);
     match probe(&sink, config) {
         Ok(()) => {
             tracing::info!(
@@ -135,7 +149,15 @@ pub fn start_sink(
             };
             Ok((sink, Some(transactions)))
         }
-        Err(cause) if mode == "auto" => {
+        // A refusal is a missing ACL, not a broker without transactions:
+        // falling back would silently give up what transactions promise.
+        Err(cause) if refused(&cause) => Err(TransactionError::NotAuthorized {
+            brokers: config.kafka.brokers.clone(),
+            id,
+            probe_group: probe_group(config),
+            cause: cause.to_string(),
+        }),
+        Err(cause) if mode == TransactionMode::Auto => {
             tracing::warn!(
                 %cause,
                 "kafka.transactions = \"auto\": the brokers cannot commit a transaction, \
@@ -143,7 +165,7 @@ pub fn start_sink(
                  may be sent again with the same event_id; see docs/architecture.md)"
             );
             drop(sink);
-            Ok((plain(tracker)?, None))
+            Ok((plain()?, None))
         }
         Err(cause) => Err(TransactionError::Unsupported {
             brokers: config.kafka.brokers.clone(),
@@ -152,14 +174,41 @@ pub fn start_sink(
     }
 }
 
+/// Whether the brokers refused an operation for want of an ACL.
+fn refused(error: &KafkaError) -> bool {
+    matches!(
+        error.rdkafka_error_code(),
+        Some(
+            RDKafkaErrorCode::TransactionalIdAuthorizationFailed
+                | RDKafkaErrorCode::GroupAuthorizationFailed
+                | RDKafkaErrorCode::TopicAuthorizationFailed
+                | RDKafkaErrorCode::ClusterAuthorizationFailed
+        )
+    )
+}
+
+/// The group the probe commits its offset for.
+fn probe_group(config: &Config) -> String {
+    format!("{}-transactions-probe", config.kafka.group_id)
+}
+
+/// The offset trackers a sink reports deliveries to: of `orders` records
+/// and of `inventory` records (their dead letters).
+#[derive(Clone)]
+pub struct Trackers {
+    pub orders: Arc<OffsetTracker>,
+    pub inventory: Arc<OffsetTracker>,
+}
+
 /// Commits one transaction that reaches the coordinator, then begins the
 /// first real one.
 fn probe(sink: &Sink, config: &Config) -> Result<(), KafkaError> {
     let (producer, gate) = sink.transactional().expect("a transactional sink");
     producer.init_transactions(PROBE_TIMEOUT)?;
     producer.begin_transaction()?;
-    let group = format!("{}-transactions-probe", config.kafka.group_id);
-    let consumer: BaseConsumer = super::reader_config(&config.kafka, &group).create()?;
+    let group = probe_group(config);
+    let consumer: super::Reader =
+        super::reader_config(&config.kafka, &group).create_with_context(super::ReaderContext)?;
     let metadata = consumer
         .group_metadata()
         .expect("a consumer with a group.id has group metadata");
@@ -202,6 +251,16 @@ impl Transactions {
             .is_some_and(|(_, gate)| gate.doomed())
     }
 
+    /// Why the open transaction is doomed (see [`Gate::doom_reason`]).
+    ///
+    /// [`Gate::doom_reason`]: super::sink::Gate::doom_reason
+    pub fn doom_reason(&self) -> String {
+        self.sink
+            .transactional()
+            .map(|(_, gate)| gate.doom_reason())
+            .unwrap_or_default()
+    }
+
     /// Commits the open transaction with `offsets` (the next record to read
     /// of each partition, every record before it decided and its outputs
     /// acknowledged), then begins the next one unless `next` is `Finish`.
@@ -220,7 +279,7 @@ impl Transactions {
         }
         let deadline = Instant::now() + self.timeout;
         let mut committed = if gate.doomed() {
-            Err("an output could not be delivered".to_string())
+            Err(gate.doom_reason())
         } else {
             retrying(deadline, || match (offsets.count(), group) {
                 (0, _) => Ok(()),
@@ -231,6 +290,9 @@ impl Transactions {
             })
             .and_then(|()| retrying(deadline, || producer.commit_transaction(self.timeout)))
         };
+        if committed.is_ok() {
+            gate.committed();
+        }
         if committed.is_ok() && next == Next::Begin {
             gate.reset_doom();
             committed = producer.begin_transaction().map_err(|e| e.to_string());
@@ -287,7 +349,10 @@ fn retrying(
             KafkaError::Flush(_) => true,
             _ => false,
         };
-        crate::telemetry::kafka_error("transaction", &error.to_string());
+        crate::telemetry::kafka_error(
+            crate::telemetry::KafkaErrorKind::Transaction,
+            &error.to_string(),
+        );
         if !retriable || Instant::now() + backoff >= deadline {
             return Err(error.to_string());
         }

@@ -20,7 +20,20 @@
 //!   one `fulfillment_cancelled` per shipment; nothing else is cancelled
 //!   (`cancellation_errors`);
 //! - every malformed record reaches the dead-letter topic, bytes untouched,
-//!   with the expected `error` header (`dlq_missing`, `dlq_wrong`).
+//!   with the expected `error` header (`dlq_missing`, `dlq_wrong`);
+//! - with payments audited (`payments.audit` in the scenario), every
+//!   accepted order the customer did not cancel ends as its authorizations
+//!   say: captured (`payment_captured` for every payment through the
+//!   gateway, and `order_paid` unless one is cash on delivery), cancelled
+//!   with reason `payment_declined` after a `payment_declined` (its units
+//!   count as given back, so they may be sold again within the stock), or
+//!   in attention (`payment_attention`); an end not reached within the
+//!   drain time is `payments_unsettled`, another end `payments_wrong_end`.
+//!   A declined order's cancellation is checked like a customer's (one
+//!   `cancelled` status, one `fulfillment_cancelled` per shipment);
+//! - no command was answered twice with different outcomes: `payment_result`
+//!   records on `orders` with the same `command_id` and `attempt` agree
+//!   (`conflicting_results`).
 
 use crate::order::decode::DlqReason;
 use crate::order::events::Status;
@@ -57,6 +70,43 @@ pub struct SentOrder {
     pub shipments: Vec<(String, u64)>,
     /// Whether an `order_cancelled` was sent for it.
     pub cancelled: bool,
+    /// What the simulated gateway does with its first payment.
+    pub fate: PaymentFate,
+    /// Indexes of the payments captured through the gateway (every payment
+    /// but cash on delivery).
+    pub captures: Vec<u32>,
+}
+
+/// What the generator meant an order's first payment to meet at the
+/// simulated gateway (contract Part 2: the gateway decides by the
+/// `authorization_id`); the other payments are always captured.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum PaymentFate {
+    /// Captured at the first attempt.
+    Captured,
+    /// `flaky-N`: fails N times, then captured (after N backoffs).
+    Flaky(u8),
+    /// `decline`: the order is cancelled with reason `payment_declined`.
+    Declined,
+    /// `down`: fails every attempt; attention after the last one.
+    Down,
+    /// `cash_on_delivery`: no command; paid at delivery, so no `order_paid`
+    /// within the sale.
+    CashOnDelivery,
+}
+
+impl PaymentFate {
+    /// The marker the simulated gateway reads in the authorization ID.
+    pub fn marker(self) -> Option<&'static str> {
+        match self {
+            PaymentFate::Flaky(1) => Some("flaky-1"),
+            PaymentFate::Flaky(_) => Some("flaky-2"),
+            PaymentFate::Declined => Some("decline"),
+            PaymentFate::Down => Some("down"),
+            PaymentFate::Captured | PaymentFate::CashOnDelivery => None,
+        }
+    }
 }
 
 /// A record that is not an order event, sent to test the dead-letter path.
@@ -76,6 +126,9 @@ pub struct Sent {
     pub malformed: Vec<SentMalformed>,
     /// Per SKU: `stock_set` plus every delivered `stock_adjusted`.
     pub stock: HashMap<String, i64>,
+    /// Whether payment ends are checked (`payments.audit`): only when
+    /// something answers the processor's commands and fires its retries.
+    pub payments_audited: bool,
 }
 
 /// A status event read back (only the fields the audit needs).
@@ -83,7 +136,39 @@ pub struct Sent {
 pub struct StatusSeen {
     pub order_id: String,
     pub status: Status,
+    /// A rejection's reason.
     pub reason: Option<Reason>,
+    /// A cancellation's reason (`payment_declined`, `staff`; none for the
+    /// customer's).
+    pub cancel_reason: Option<String>,
+}
+
+/// A lifecycle event read back from `order-events`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct EventSeen {
+    pub order_id: String,
+    /// Its `type`.
+    pub kind: String,
+    pub payment: Option<u32>,
+}
+
+/// A command attempt read back from `payment-requests`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct CommandSeen {
+    pub order_id: String,
+    /// `capture`, `void` or `refund`.
+    pub kind: String,
+    pub command_id: String,
+    pub attempt: u32,
+}
+
+/// A `payment_result` read back from `orders`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ResultSeen {
+    pub order_id: String,
+    pub command_id: String,
+    pub attempt: u32,
+    pub outcome: String,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -113,6 +198,9 @@ pub struct Seen {
     pub statuses: Vec<StatusSeen>,
     pub fulfillments: Vec<FulfillmentSeen>,
     pub dead_letters: Vec<DeadLetterSeen>,
+    pub events: Vec<EventSeen>,
+    pub commands: Vec<CommandSeen>,
+    pub results: Vec<ResultSeen>,
 }
 
 /// The audit's findings. Every field but the tallies is a violation count.
@@ -136,6 +224,21 @@ pub struct Audit {
     pub cancellation_errors: u64,
     pub dlq_missing: u64,
     pub dlq_wrong: u64,
+    /// Payments captured, declined, given up to staff; retries scheduled;
+    /// command attempts sent (all read back, for this run's orders).
+    pub payments_captured: u64,
+    pub payments_declined: u64,
+    pub payments_attention: u64,
+    pub payment_retries: u64,
+    pub payment_commands: u64,
+    /// Accepted orders whose payments reached no end within the drain time.
+    pub payments_unsettled: u64,
+    /// Accepted orders whose payments ended otherwise than their
+    /// authorizations say.
+    pub payments_wrong_end: u64,
+    /// Commands answered twice (same `command_id` and `attempt`) with
+    /// different outcomes.
+    pub conflicting_results: u64,
     /// The first [`MAX_EXAMPLES`] violations, in words.
     pub examples: Vec<String>,
 }
@@ -153,6 +256,9 @@ impl Audit {
             + self.cancellation_errors
             + self.dlq_missing
             + self.dlq_wrong
+            + self.payments_unsettled
+            + self.payments_wrong_end
+            + self.conflicting_results
     }
 
     pub fn is_clean(&self) -> bool {
@@ -186,9 +292,78 @@ pub fn bytes_fingerprint(bytes: &[u8]) -> u64 {
 struct Outputs<'a> {
     decisions: Vec<&'a StatusSeen>,
     cancelled: usize,
+    /// The reason of each cancelled status.
+    cancel_reasons: Vec<Option<&'a str>>,
     requested: Vec<(&'a str, u64)>,
     fulfillment_cancels: Vec<&'a str>,
+    /// Payments (by index) captured, declined, in attention.
+    captured: HashSet<u32>,
+    declined: HashSet<u32>,
+    attention: HashSet<u32>,
+    paid: bool,
 }
+
+/// Where an accepted order's payments stand against its fate.
+#[derive(Debug, PartialEq, Eq)]
+enum PaymentEnd {
+    /// The end the fate says.
+    Reached,
+    /// Not yet there, and nothing contradicts it.
+    Pending,
+    /// An end the fate rules out, in words.
+    Wrong(String),
+}
+
+/// The payment end of an accepted order the customer did not cancel.
+fn payment_end(order: &SentOrder, out: &Outputs<'_>) -> PaymentEnd {
+    let declined_cancel = out.cancel_reasons.contains(&Some(DECLINED_REASON));
+    let all_captured = order.captures.iter().all(|i| out.captured.contains(i));
+    let first_captured = out.captured.contains(&0);
+    let wrong = |what: &str| PaymentEnd::Wrong(format!("{:?}, yet {what}", order.fate));
+    match order.fate {
+        PaymentFate::Captured | PaymentFate::Flaky(_) => {
+            if !out.declined.is_empty() || !out.attention.is_empty() || out.cancelled > 0 {
+                wrong("declined, in attention or cancelled")
+            } else if all_captured && out.paid {
+                PaymentEnd::Reached
+            } else {
+                PaymentEnd::Pending
+            }
+        }
+        PaymentFate::CashOnDelivery => {
+            if out.paid {
+                wrong("order_paid before any delivery")
+            } else if !out.declined.is_empty() || !out.attention.is_empty() || out.cancelled > 0 {
+                wrong("declined, in attention or cancelled")
+            } else if all_captured {
+                PaymentEnd::Reached
+            } else {
+                PaymentEnd::Pending
+            }
+        }
+        PaymentFate::Declined => {
+            if first_captured || out.paid {
+                wrong("captured")
+            } else if out.declined.contains(&0) && declined_cancel {
+                PaymentEnd::Reached
+            } else {
+                PaymentEnd::Pending
+            }
+        }
+        PaymentFate::Down => {
+            if first_captured || out.paid || !out.declined.is_empty() || out.cancelled > 0 {
+                wrong("captured, declined or cancelled")
+            } else if out.attention.contains(&0) {
+                PaymentEnd::Reached
+            } else {
+                PaymentEnd::Pending
+            }
+        }
+    }
+}
+
+/// The status reason of an order cancelled after a declined capture.
+pub const DECLINED_REASON: &str = "payment_declined";
 
 /// How many outcomes are still to come: orders with no decision, accepted
 /// orders short of fulfillments or of an expected cancellation, malformed
@@ -215,6 +390,17 @@ pub fn outstanding(sent: &Sent, seen: &Seen) -> u64 {
             && (out.cancelled == 0 || out.fulfillment_cancels.len() < order.shipments.len())
         {
             missing += 1;
+        }
+        if !order.cancelled {
+            // A decline's cancellation, once it began (audited: always
+            // expected), is waited for to its last fulfillment_cancelled.
+            let declined =
+                order.fate == PaymentFate::Declined && (sent.payments_audited || out.cancelled > 0);
+            let cancels_short = declined && out.fulfillment_cancels.len() < order.shipments.len();
+            let pending = sent.payments_audited && payment_end(order, out) == PaymentEnd::Pending;
+            if pending || cancels_short {
+                missing += 1;
+            }
         }
     }
     let dead: HashSet<&[u8]> = seen.dead_letters.iter().map(|d| d.key.as_slice()).collect();
@@ -268,9 +454,29 @@ pub fn audit(sent: &Sent, seen: &Seen) -> Audit {
                 )
             });
         }
-        check_fulfillments(&mut audit, order, out, accepted);
+        check_fulfillments(&mut audit, order, out, accepted, sent.payments_audited);
+        if accepted && sent.payments_audited && !order.cancelled {
+            match payment_end(order, out) {
+                PaymentEnd::Reached => {}
+                PaymentEnd::Pending => {
+                    audit.payments_unsettled += 1;
+                    audit.note(|| {
+                        format!(
+                            "{id}: payments ({:?}) unsettled: captured {:?}, declined {:?}, attention {:?}, paid {}",
+                            order.fate, out.captured, out.declined, out.attention, out.paid
+                        )
+                    });
+                }
+                PaymentEnd::Wrong(what) => {
+                    audit.payments_wrong_end += 1;
+                    audit.note(|| format!("{id}: payments ended wrong: {what}"));
+                }
+            }
+        }
         if accepted {
-            let returned = order.cancelled && out.cancelled > 0;
+            // Units of an order cancelled for any reason (the customer's, a
+            // declined payment) are back in stock: sellable again.
+            let returned = out.cancelled > 0;
             for (sku, units) in &order.demand {
                 let units = i64::from(*units);
                 *sold.entry(sku.as_str()).or_default() += if returned { 0 } else { units };
@@ -286,7 +492,54 @@ pub fn audit(sent: &Sent, seen: &Seen) -> Audit {
     }
     audit.cancelled = outputs.values().map(|o| o.cancelled as u64).sum();
     check_dead_letters(&mut audit, sent, seen);
+    check_results(&mut audit, sent, seen);
     audit
+}
+
+/// Tallies the payment events and commands of this run's orders, and
+/// finds commands answered twice with different outcomes.
+fn check_results(audit: &mut Audit, sent: &Sent, seen: &Seen) {
+    let known: HashSet<&str> = sent.orders.iter().map(|o| o.order_id.as_str()).collect();
+    for event in seen
+        .events
+        .iter()
+        .filter(|e| known.contains(e.order_id.as_str()))
+    {
+        match event.kind.as_str() {
+            "payment_captured" => audit.payments_captured += 1,
+            "payment_declined" => audit.payments_declined += 1,
+            "payment_attention" => audit.payments_attention += 1,
+            "payment_retry_scheduled" => audit.payment_retries += 1,
+            _ => {}
+        }
+    }
+    audit.payment_commands = seen
+        .commands
+        .iter()
+        .filter(|c| known.contains(c.order_id.as_str()))
+        .count() as u64;
+    let mut answers: HashMap<(&str, u32), &str> = HashMap::new();
+    let mut conflicting: HashSet<(&str, u32)> = HashSet::new();
+    for result in &seen.results {
+        let key = (result.command_id.as_str(), result.attempt);
+        match answers.get(&key) {
+            None => {
+                answers.insert(key, result.outcome.as_str());
+            }
+            Some(first) if *first != result.outcome => {
+                if conflicting.insert(key) {
+                    audit.conflicting_results += 1;
+                    audit.note(|| {
+                        format!(
+                            "{}: command {} attempt {} answered {first} and {}",
+                            result.order_id, result.command_id, result.attempt, result.outcome
+                        )
+                    });
+                }
+            }
+            Some(_) => {}
+        }
+    }
 }
 
 /// Groups what came back by order; counts outputs for unknown orders.
@@ -306,8 +559,31 @@ fn group<'a>(sent: &Sent, seen: &'a Seen, audit: &mut Audit) -> HashMap<&'a str,
         }
         let entry = outputs.entry(status.order_id.as_str()).or_default();
         match status.status {
-            Status::Cancelled => entry.cancelled += 1,
+            Status::Cancelled => {
+                entry.cancelled += 1;
+                entry.cancel_reasons.push(status.cancel_reason.as_deref());
+            }
             Status::Accepted | Status::Rejected => entry.decisions.push(status),
+        }
+    }
+    for event in &seen.events {
+        // Events of unknown orders: the collector keeps only this run's.
+        let Some(entry) = outputs.get_mut(event.order_id.as_str()) else {
+            continue;
+        };
+        let payment = event.payment.unwrap_or(u32::MAX);
+        match event.kind.as_str() {
+            "payment_captured" => {
+                entry.captured.insert(payment);
+            }
+            "payment_declined" => {
+                entry.declined.insert(payment);
+            }
+            "payment_attention" => {
+                entry.attention.insert(payment);
+            }
+            "order_paid" => entry.paid = true,
+            _ => {}
         }
     }
     for fulfillment in &seen.fulfillments {
@@ -391,7 +667,13 @@ fn outcome_allowed(
     }
 }
 
-fn check_fulfillments(audit: &mut Audit, order: &SentOrder, out: &Outputs<'_>, accepted: bool) {
+fn check_fulfillments(
+    audit: &mut Audit,
+    order: &SentOrder,
+    out: &Outputs<'_>,
+    accepted: bool,
+    payments_audited: bool,
+) {
     let id = order.order_id.as_str();
     if !accepted {
         if !out.requested.is_empty() {
@@ -429,11 +711,24 @@ fn check_fulfillments(audit: &mut Audit, order: &SentOrder, out: &Outputs<'_>, a
             }
         });
     }
-    let cancel_expected = order.cancelled;
+    // A declined first payment cancels the order, if something answered
+    // its capture; audited, something must have.
+    let declined = order.fate == PaymentFate::Declined && !order.cancelled;
+    let cancel_expected = order.cancelled || (declined && (payments_audited || out.cancelled > 0));
     let mut cancels: Vec<&str> = out.fulfillment_cancels.clone();
     cancels.sort_unstable();
+    let reason_ok = |reason: &Option<&str>| {
+        if order.cancelled {
+            // The customer's (reason null), unless a decline came first.
+            reason.is_none() || *reason == Some(DECLINED_REASON)
+        } else {
+            *reason == Some(DECLINED_REASON)
+        }
+    };
     let cancel_ok = if cancel_expected {
-        out.cancelled == 1 && cancels == want.iter().map(|(k, _)| *k).collect::<Vec<_>>()
+        out.cancelled == 1
+            && out.cancel_reasons.iter().all(reason_ok)
+            && cancels == want.iter().map(|(k, _)| *k).collect::<Vec<_>>()
     } else {
         out.cancelled == 0 && cancels.is_empty()
     };
@@ -506,6 +801,8 @@ mod tests {
             demand: demand.iter().map(|(s, u)| (s.to_string(), *u)).collect(),
             shipments: vec![("home".into(), 7)],
             cancelled: false,
+            fate: PaymentFate::Captured,
+            captures: vec![0],
         }
     }
 
@@ -514,6 +811,7 @@ mod tests {
             order_id: id.into(),
             status,
             reason,
+            cancel_reason: None,
         }
     }
 
@@ -535,6 +833,7 @@ mod tests {
             ],
             malformed: vec![],
             stock: HashMap::from([("S".into(), 5), ("HOT".into(), 0)]),
+            payments_audited: false,
         };
         let seen = Seen {
             statuses: vec![
@@ -544,6 +843,7 @@ mod tests {
             ],
             fulfillments: vec![shipped("a")],
             dead_letters: vec![],
+            ..Seen::default()
         };
         let audit = audit(&sent, &seen);
         assert!(audit.is_clean(), "{audit:?}");
@@ -560,6 +860,7 @@ mod tests {
             ],
             malformed: vec![],
             stock: HashMap::from([("S".into(), 5)]),
+            payments_audited: false,
         };
         let seen = Seen {
             statuses: vec![
@@ -568,6 +869,7 @@ mod tests {
             ],
             fulfillments: vec![shipped("a")],
             dead_letters: vec![],
+            ..Seen::default()
         };
         assert!(audit(&sent, &seen).is_clean());
         sent.stock.insert("S".into(), 6);
@@ -582,6 +884,7 @@ mod tests {
             orders: vec![cancelled, order("b", Intent::Contended, &[("HOT", 2)])],
             malformed: vec![],
             stock: HashMap::from([("HOT".into(), 2)]),
+            payments_audited: false,
         };
         let seen = Seen {
             statuses: vec![
@@ -598,6 +901,7 @@ mod tests {
                 shipped("b"),
             ],
             dead_letters: vec![],
+            ..Seen::default()
         };
         let audit = audit(&sent, &seen);
         assert!(audit.is_clean(), "{audit:?}");

@@ -7,7 +7,9 @@
 //! failing run can be replayed. Nothing here touches Kafka or the clock;
 //! the sender decides when "due" is.
 
-use super::audit::{address_fingerprint, bytes_fingerprint, Intent, SentMalformed, SentOrder};
+use super::audit::{
+    address_fingerprint, bytes_fingerprint, Intent, PaymentFate, SentMalformed, SentOrder,
+};
 use super::catalog::{Catalog, Zipf};
 use super::people::{self, ADDRESS_KEYS};
 use super::scenario::Scenario;
@@ -302,6 +304,27 @@ impl Generator {
         let mix = self.scenario.mix.clone();
         let cancelled = may_take_stock && self.rng.gen_bool(mix.cancel_share);
         let duplicated = self.rng.gen_bool(mix.duplicate_share);
+        // A customer's cancellation races the capture; its payments are
+        // not what the audit checks, so its gateway always says yes.
+        let fate = if may_take_stock && !cancelled {
+            self.fate()
+        } else {
+            PaymentFate::Captured
+        };
+        let fate = self.apply_fate(&mut order, fate);
+        let value = if fate == PaymentFate::Captured {
+            value
+        } else {
+            placed_json(&order)
+        };
+        let captures = order
+            .payments
+            .iter()
+            .flatten()
+            .enumerate()
+            .filter(|(_, p)| p.authorization_id.is_some())
+            .map(|(i, _)| i as u32)
+            .collect();
         let sent = SentOrder {
             order_id: order_id.clone(),
             intent,
@@ -312,6 +335,8 @@ impl Generator {
                 Vec::new()
             },
             cancelled,
+            fate,
+            captures,
         };
         if duplicated {
             let [min, max] = mix.duplicate_delay_ms;
@@ -426,9 +451,9 @@ impl Generator {
                     self.rng.gen_range(1..=((left - (n - 1 - i)) / 2).max(1))
                 };
                 left -= amount;
+                // Cash on delivery only at its own share (see `fate`).
                 let method = self
-                    .limits
-                    .payment_methods
+                    .gateway_methods()
                     .choose(&mut self.rng)
                     .expect("the processor accepts some payment method")
                     .clone();
@@ -443,6 +468,74 @@ impl Generator {
             })
             .collect();
         order.payments = Some(payments);
+    }
+
+    /// The payment methods captured through the gateway (all of them, if
+    /// the processor has none but methods without authorization).
+    fn gateway_methods(&self) -> Vec<String> {
+        let limits = &self.limits;
+        let through_gateway: Vec<String> = limits
+            .payment_methods
+            .iter()
+            .filter(|m| !limits.methods_without_authorization.contains(m))
+            .cloned()
+            .collect();
+        if through_gateway.is_empty() {
+            limits.payment_methods.clone()
+        } else {
+            through_gateway
+        }
+    }
+
+    /// What the gateway will do with a valid order's first payment, by the
+    /// shares of `mix.payments`.
+    fn fate(&mut self) -> PaymentFate {
+        let shares = &self.scenario.mix.payments;
+        let u = self.rng.gen::<f64>();
+        let mut bound = 0.0;
+        for (share, fate) in [
+            (shares.decline_share, PaymentFate::Declined),
+            (shares.flaky_1_share, PaymentFate::Flaky(1)),
+            (shares.flaky_2_share, PaymentFate::Flaky(2)),
+            (shares.down_share, PaymentFate::Down),
+            (shares.cash_on_delivery_share, PaymentFate::CashOnDelivery),
+        ] {
+            bound += share;
+            if u < bound {
+                return fate;
+            }
+        }
+        PaymentFate::Captured
+    }
+
+    /// Gives the order's first payment the authorization (or the method)
+    /// of `fate`. Returns the fate it got: cash on delivery needs a method
+    /// the processor accepts without authorization, else it is `Captured`.
+    fn apply_fate(&self, order: &mut OrderPlaced, fate: PaymentFate) -> PaymentFate {
+        let Some(first) = order.payments.as_mut().and_then(|p| p.first_mut()) else {
+            return PaymentFate::Captured;
+        };
+        if fate == PaymentFate::CashOnDelivery {
+            let limits = &self.limits;
+            let Some(method) = limits
+                .methods_without_authorization
+                .iter()
+                .find(|m| limits.payment_methods.contains(m))
+            else {
+                return PaymentFate::Captured;
+            };
+            first.method = method.clone().into();
+            first.authorization_id = None;
+            return fate;
+        }
+        let marked = match (fate.marker(), &first.authorization_id) {
+            (Some(marker), Some(authorization)) => format!("{authorization}-{marker}"),
+            // No authorization to mark (the processor takes this method
+            // without one): captured without a command.
+            _ => return PaymentFate::Captured,
+        };
+        first.authorization_id = Some(marked.into());
+        fate
     }
 
     /// Changes a valid order so the processor must reject it for `reason`
@@ -811,7 +904,7 @@ mod tests {
         let generator = Generator::new(&scenario(11), &limits, "t1", ORIGIN);
         let inventory = Arc::new(Inventory::new());
         for sku in generator.catalog().all() {
-            inventory.apply(&sku.stock_set());
+            inventory.apply(&sku.stock_set()).unwrap();
         }
         let engine = Engine::new(inventory, limits.clone());
         let mut book = OrderBook::new(1_000_000);
@@ -822,7 +915,7 @@ mod tests {
         for planned in generator {
             if planned.topic == Topic::Inventory {
                 let event: InventoryEvent = serde_json::from_slice(&planned.value).unwrap();
-                engine.inventory().apply(&event);
+                engine.inventory().apply(&event).unwrap();
                 continue;
             }
             let mut out = Vec::new();

@@ -79,6 +79,11 @@ pub enum LoadtestError {
     NoProcessor { waited_secs: f64, brokers: String },
     #[error("the processor rejected a probe order ({reason}: {detail}); do its [limits] fit the scenario?")]
     ProbeRejected { reason: String, detail: String },
+    #[error(
+        "the processor dead-lettered a probe order ({error}: {detail}); for wrong_partition, \
+         give the loadtest the processor's kafka.orders_partitioner"
+    )]
+    ProbeDeadLettered { error: String, detail: String },
 }
 
 impl LoadtestError {
@@ -204,13 +209,21 @@ pub fn run(
 
     // Everything is enqueued; wait for the broker's acks, then for outcomes.
     let drain_timeout = Duration::from_secs_f64(scenario.load.drain_timeout_secs);
-    let drain_deadline = Instant::now() + drain_timeout;
+    // Audited payments settle after their retries: a `down` authorization
+    // reaches attention only after every backoff.
+    let retries = if scenario.payments.audit {
+        scenario.payments.retry_span()
+    } else {
+        Duration::ZERO
+    };
+    let drain_deadline = Instant::now() + drain_timeout + retries;
     if let Err(error) = producer.flush(drain_timeout) {
         observe(Event::Notice(&format!(
             "not every record was acknowledged: {error}"
         )));
     }
-    let sent = sent_of(&ledger.lock(), &failures.lock(), &catalog);
+    let mut sent = sent_of(&ledger.lock(), &failures.lock(), &catalog);
+    sent.payments_audited = scenario.payments.audit;
     let drained = drain(
         &sent,
         &collector.collected,
@@ -221,8 +234,13 @@ pub fn run(
     );
     if !drained {
         observe(Event::Notice(&format!(
-            "gave up waiting for outstanding outcomes after --drain-timeout {} s",
-            scenario.load.drain_timeout_secs
+            "gave up waiting for outstanding outcomes after --drain-timeout {} s{}",
+            scenario.load.drain_timeout_secs,
+            if retries.is_zero() {
+                String::new()
+            } else {
+                format!(" plus {:.1} s of payment retries", retries.as_secs_f64())
+            }
         )));
     }
     let collected = collector.stop();
@@ -291,6 +309,13 @@ pub fn run(
         cancellation_errors: 0,
         dlq_missing: 0,
         dlq_wrong: 0,
+        payments: report::Payments {
+            audited: scenario.payments.audit,
+            ..report::Payments::default()
+        },
+        payments_unsettled: 0,
+        payments_wrong_end: 0,
+        conflicting_results: 0,
         delivery_errors: failures.total(),
         unreadable_outputs: collected.unreadable.load(Ordering::Relaxed),
         drained,
@@ -338,6 +363,7 @@ fn sent_of(ledger: &Ledger, failures: &Failures, catalog: &Catalog) -> Sent {
             .map(|(_, m)| m.clone())
             .collect(),
         stock,
+        payments_audited: false,
     }
 }
 

@@ -100,7 +100,11 @@ pub fn wait_until_ready(
                     detail: status.detail.unwrap_or_default(),
                 })
             }
-            None => {}
+            None => {
+                if let Some((error, detail)) = collected.probes_dead.lock().get(&current).cloned() {
+                    return Err(LoadtestError::ProbeDeadLettered { error, detail });
+                }
+            }
         }
         if Instant::now() >= deadline {
             return Err(LoadtestError::NoProcessor {

@@ -40,6 +40,25 @@ pub struct LagMs {
     pub max: f64,
 }
 
+/// What became of this run's payments, read back from `order-events` and
+/// `payment-requests`.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize)]
+pub struct Payments {
+    /// `payment_captured` events.
+    pub captured: u64,
+    /// `payment_declined` events (each cancels its order).
+    pub declined: u64,
+    /// `payment_attention` events: payments left to staff.
+    pub attention: u64,
+    /// `payment_retry_scheduled` events.
+    pub retries: u64,
+    /// Command attempts on `payment-requests`.
+    pub commands: u64,
+    /// Whether the audit checked every accepted order's payment end
+    /// (the scenario's `payments.audit`).
+    pub audited: bool,
+}
+
 /// Pass/fail limits given on the command line.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Serialize)]
 pub struct Thresholds {
@@ -96,6 +115,10 @@ pub struct Summary {
     pub cancellation_errors: u64,
     pub dlq_missing: u64,
     pub dlq_wrong: u64,
+    pub payments: Payments,
+    pub payments_unsettled: u64,
+    pub payments_wrong_end: u64,
+    pub conflicting_results: u64,
     /// Records the broker never acknowledged (excluded from the audit).
     pub delivery_errors: u64,
     /// Output records of this run that were not contract JSON.
@@ -129,10 +152,21 @@ impl Summary {
         self.cancellation_errors = audit.cancellation_errors;
         self.dlq_missing = audit.dlq_missing;
         self.dlq_wrong = audit.dlq_wrong;
+        self.payments = Payments {
+            captured: audit.payments_captured,
+            declined: audit.payments_declined,
+            attention: audit.payments_attention,
+            retries: audit.payment_retries,
+            commands: audit.payment_commands,
+            audited: self.payments.audited,
+        };
+        self.payments_unsettled = audit.payments_unsettled;
+        self.payments_wrong_end = audit.payments_wrong_end;
+        self.conflicting_results = audit.conflicting_results;
         self.examples = audit.examples.clone();
 
         let mut violations = Vec::new();
-        let counts: [(&str, i64); 13] = [
+        let counts: [(&str, i64); 16] = [
             ("oversold_units", audit.oversold_units),
             ("missing_status", audit.missing_status as i64),
             ("duplicate_statuses", audit.duplicate_statuses as i64),
@@ -143,6 +177,9 @@ impl Summary {
             ("cancellation_errors", audit.cancellation_errors as i64),
             ("dlq_missing", audit.dlq_missing as i64),
             ("dlq_wrong", audit.dlq_wrong as i64),
+            ("payments_unsettled", audit.payments_unsettled as i64),
+            ("payments_wrong_end", audit.payments_wrong_end as i64),
+            ("conflicting_results", audit.conflicting_results as i64),
             ("delivery_errors", self.delivery_errors as i64),
             ("unreadable_outputs", self.unreadable_outputs as i64),
             ("orders_sent", i64::from(self.orders_sent == 0)),
@@ -218,6 +255,20 @@ impl fmt::Display for Summary {
         )?;
         writeln!(
             f,
+            "  payments  {} captured, {} declined, {} in attention, {} retries scheduled, {} command attempts{}",
+            self.payments.captured,
+            self.payments.declined,
+            self.payments.attention,
+            self.payments.retries,
+            self.payments.commands,
+            if self.payments.audited {
+                "; every order's end audited"
+            } else {
+                "; ends not audited (payments.audit = false)"
+            }
+        )?;
+        writeln!(
+            f,
             "  sender    behind schedule p99 {:.2} ms, max {:.2} ms",
             self.sender_lag_ms.p99, self.sender_lag_ms.max
         )?;
@@ -231,6 +282,13 @@ impl fmt::Display for Summary {
             self.fulfillment_errors,
             self.dlq_missing
         )?;
+        if self.payments.audited {
+            writeln!(
+                f,
+                "            payments unsettled {}, wrong end {}, conflicting results {}",
+                self.payments_unsettled, self.payments_wrong_end, self.conflicting_results
+            )?;
+        }
         if self.passed {
             write!(f, "PASSED")
         } else {
@@ -326,6 +384,10 @@ mod tests {
             cancellation_errors: 0,
             dlq_missing: 0,
             dlq_wrong: 0,
+            payments: Payments::default(),
+            payments_unsettled: 0,
+            payments_wrong_end: 0,
+            conflicting_results: 0,
             delivery_errors: 0,
             unreadable_outputs: 0,
             drained: true,

@@ -21,6 +21,8 @@ pub const DEMO_TOML: &str = include_str!("../../loadtest/demo.toml");
 pub const MAX_BURST_MULTIPLIER: f64 = 1000.0;
 /// Largest number of ordinary SKUs: the Zipf sampler keeps a table per SKU.
 pub const MAX_SKUS: usize = 1_000_000;
+/// Largest `payments.max_attempts`: the processor's own bound.
+pub const MAX_ATTEMPTS: u32 = 100;
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
@@ -29,7 +31,42 @@ pub struct Scenario {
     pub load: Load,
     pub catalog: Catalog,
     pub mix: Mix,
+    pub payments: Payments,
     pub topics: TopicPlan,
+}
+
+/// What the sale expects of the processor's payments: whether the audit
+/// checks their ends, and the retry policy the processor runs with (the
+/// demo sets it; `orderflow run` must be given the same `[payments]`).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Payments {
+    /// Check that every accepted order's payments reach their end.
+    pub audit: bool,
+    /// `payments.retry_initial_ms` of the processor.
+    pub retry_initial_ms: u64,
+    /// `payments.retry_max_ms` of the processor.
+    pub retry_max_ms: u64,
+    /// `payments.max_attempts` of the processor.
+    pub max_attempts: u32,
+}
+
+impl Payments {
+    /// The longest a payment can take from its first attempt to its last
+    /// (every backoff at its most: a tenth of jitter on top), so the drain
+    /// waits for a `down` authorization to reach attention.
+    pub fn retry_span(&self) -> std::time::Duration {
+        let mut total: u64 = 0;
+        for failed in 1..self.max_attempts {
+            let doublings = (failed - 1).min(63);
+            let base = self
+                .retry_initial_ms
+                .saturating_mul(1u64 << doublings)
+                .min(self.retry_max_ms);
+            total = total.saturating_add(base.saturating_add(base / 10).min(self.retry_max_ms));
+        }
+        std::time::Duration::from_millis(total)
+    }
 }
 
 /// The shape of the sale in time.
@@ -97,6 +134,21 @@ pub struct Mix {
     pub duplicate_delay_ms: [u64; 2],
     pub reasons: ReasonWeights,
     pub malformed: MalformedWeights,
+    pub payments: PaymentShares,
+}
+
+/// Shares of valid orders (not cancelled by their customer) whose first
+/// payment the simulated gateway declines, fails once or twice before
+/// capturing, always fails, or that is paid cash on delivery. The rest are
+/// captured at once. Each in 0..1, at most 1 together.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct PaymentShares {
+    pub decline_share: f64,
+    pub flaky_1_share: f64,
+    pub flaky_2_share: f64,
+    pub down_share: f64,
+    pub cash_on_delivery_share: f64,
 }
 
 /// Relative weights of each rejection reason among invalid orders.
@@ -370,6 +422,51 @@ impl Scenario {
             if !(0.0..=1.0).contains(&value) {
                 fail(field, format!("must be between 0 and 1, got {value}"));
             }
+        }
+        let pay = &mix.payments;
+        let payment_shares = [
+            ("mix.payments.decline_share", pay.decline_share),
+            ("mix.payments.flaky_1_share", pay.flaky_1_share),
+            ("mix.payments.flaky_2_share", pay.flaky_2_share),
+            ("mix.payments.down_share", pay.down_share),
+            (
+                "mix.payments.cash_on_delivery_share",
+                pay.cash_on_delivery_share,
+            ),
+        ];
+        for (field, value) in payment_shares {
+            if !(0.0..=1.0).contains(&value) {
+                fail(field, format!("must be between 0 and 1, got {value}"));
+            }
+        }
+        let sum: f64 = payment_shares.iter().map(|(_, v)| v).sum();
+        if sum > 1.0 {
+            fail(
+                "mix.payments",
+                format!("shares must add up to at most 1, got {sum:.3}"),
+            );
+        }
+        let payments = &self.payments;
+        if payments.retry_initial_ms == 0 {
+            fail(
+                "payments.retry_initial_ms",
+                "must be at least 1, got 0".into(),
+            );
+        }
+        if payments.retry_max_ms < payments.retry_initial_ms {
+            fail(
+                "payments.retry_max_ms",
+                format!(
+                    "must be at least payments.retry_initial_ms ({}), got {}",
+                    payments.retry_initial_ms, payments.retry_max_ms
+                ),
+            );
+        }
+        if !(1..=MAX_ATTEMPTS).contains(&payments.max_attempts) {
+            fail(
+                "payments.max_attempts",
+                format!("must be 1 to {MAX_ATTEMPTS}, got {}", payments.max_attempts),
+            );
         }
         let new_order_shares = mix.hot_share + mix.invalid_share + mix.malformed_share;
         if new_order_shares > 1.0 {

@@ -92,13 +92,19 @@ impl Failures {
 pub type LoadProducer = ThreadedProducer<DeliveryContext>;
 
 /// The producer: the processor's producer settings (brokers, security,
-/// tuning) plus idempotence, so retries never reorder an order's records.
+/// tuning) plus idempotence, so retries never reorder an order's records,
+/// and librdkafka's partitioner that places keys as
+/// `kafka.orders_partitioner` says upstream producers do, so the
+/// processor's partition check passes every record of the sale.
 pub fn producer(config: &Config) -> Result<(LoadProducer, Arc<Mutex<Failures>>), LoadtestError> {
     let failures = Arc::new(Mutex::new(Failures::default()));
     let mut client = crate::kafka::producer_config(&config.kafka);
     client
         .set("enable.idempotence", "true")
         .set("queue.buffering.max.messages", QUEUE_MAX_MESSAGES);
+    if let Some(partitioner) = config.kafka.orders_partitioner.librdkafka_property() {
+        client.set("partitioner", partitioner);
+    }
     let producer = client
         .create_with_context(DeliveryContext {
             failures: failures.clone(),

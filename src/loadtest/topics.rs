@@ -51,6 +51,10 @@ pub fn ensure(config: &Config, plan: &TopicPlan) -> Result<Vec<String>, Loadtest
         (&t.status, plan.status_partitions),
         (&t.fulfillments, plan.fulfillments_partitions),
         (&t.dlq, plan.dlq_partitions),
+        // Part 2: partitioned as orders.
+        (&t.events, plan.orders_partitions),
+        (&t.payment_requests, plan.orders_partitions),
+        (&t.state, plan.orders_partitions),
     ];
     let existing = partition_counts(config)?;
     let missing: Vec<(&String, i32)> = wanted

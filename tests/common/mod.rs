@@ -1,9 +1,13 @@
-//! Test harness: a real `tansu` broker on a free loopback port, started and
-//! stopped by the test, plus helpers to produce contract JSON with a real
-//! rdkafka producer and read output topics back.
+//! Test harness: a real broker on free loopback ports, started and stopped
+//! by the test, plus helpers to produce contract JSON with a real rdkafka
+//! producer and read output topics back.
 //!
-//! The broker binary is found in `$TANSU_BIN`, on `PATH`, or in
-//! `~/.cargo/bin` (`.ci/run` installs it there).
+//! [`Broker::start`] runs Apache Kafka (one KRaft broker+controller) through
+//! `scripts/kafka.sh`, which fetches the pinned jars into a cache outside the
+//! checkout once (`.ci/run` does it first). Its data lives in a fresh
+//! directory removed when the `Broker` is dropped, also when a test panics;
+//! if the test process dies without unwinding (SIGKILL, abort), the
+//! script's watchdog kills the broker and removes the directory.
 
 #![allow(dead_code)]
 
@@ -14,44 +18,46 @@ use rdkafka::message::{Headers, Message, OwnedMessage};
 use rdkafka::producer::{FutureProducer, FutureRecord, Producer};
 use rdkafka::topic_partition_list::{Offset, TopicPartitionList};
 use rdkafka::ClientConfig;
+use std::collections::HashMap;
 use std::io::{Read, Write};
 use std::net::{TcpListener, TcpStream};
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::{Mutex, MutexGuard};
 use std::time::{Duration, Instant};
 
-/// How long a broker may take to accept connections.
-const BROKER_START_TIMEOUT: Duration = Duration::from_secs(30);
+/// How long a broker may take to accept connections and answer metadata
+/// (a JVM start on two busy cores takes 5 to 20 s).
+const BROKER_START_TIMEOUT: Duration = Duration::from_secs(90);
+/// How long a broker may take to stop after SIGTERM before it is killed.
+const BROKER_STOP_TIMEOUT: Duration = Duration::from_secs(30);
+/// Fresh brokers tried when one exits while starting (a port picked as
+/// free was taken by someone else before the JVM bound it).
+const BROKER_START_ATTEMPTS: usize = 3;
 const ADMIN_TIMEOUT: Duration = Duration::from_secs(30);
+/// How many records `read_until` reads at most before it asks its
+/// predicate again.
+const READ_UNTIL_BATCH: usize = 1_000;
 /// How long one HTTP request to a test server may take.
 const HTTP_TIMEOUT: Duration = Duration::from_secs(10);
 
-pub fn tansu_binary() -> PathBuf {
-    if let Ok(path) = std::env::var("TANSU_BIN") {
-        return PathBuf::from(path);
-    }
-    if let Some(found) = std::env::var_os("PATH").and_then(|paths| {
-        std::env::split_paths(&paths)
-            .map(|p| p.join("tansu"))
-            .find(|p| p.is_file())
-    }) {
-        return found;
-    }
-    let home = std::env::var("HOME").unwrap_or_else(|_| "/root".into());
-    let cargo_bin = PathBuf::from(home).join(".cargo/bin/tansu");
-    assert!(
-        cargo_bin.is_file(),
-        "tansu not found: set TANSU_BIN or run `cargo install tansu --locked --version 0.6.0 --features dynostore,libsql`"
-    );
-    cargo_bin
+/// `scripts/kafka.sh` of this checkout.
+pub fn kafka_script() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR")).join("scripts/kafka.sh")
 }
 
 pub fn free_port() -> u16 {
-    TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port()
+    free_ports::<1>()[0]
+}
+
+/// `N` distinct free loopback ports: every listener is held until all are
+/// picked, so no two are the same.
+pub fn free_ports<const N: usize>() -> [u16; N] {
+    let listeners: Vec<TcpListener> = (0..N)
+        .map(|_| TcpListener::bind("127.0.0.1:0").unwrap())
+        .collect();
+    std::array::from_fn(|i| listeners[i].local_addr().unwrap().port())
 }
 
 /// Waits until `done` returns `Some`, or panics naming `what` at the deadline.
@@ -69,74 +75,160 @@ pub fn wait_for<T>(what: &str, timeout: Duration, mut done: impl FnMut() -> Opti
     }
 }
 
+/// Runs the tests of one test binary that hold it one at a time: each
+/// starts a broker and processors whose timing (session timeouts, a
+/// stopped process's partitions moving) two cores cannot keep for several
+/// at once. A test that panicked does not block the others.
+pub fn one_at_a_time() -> MutexGuard<'static, ()> {
+    static LOCK: Mutex<()> = Mutex::new(());
+    LOCK.lock().unwrap_or_else(|poisoned| poisoned.into_inner())
+}
+
+/// A fresh directory for one broker's files.
+fn broker_dir() -> PathBuf {
+    static NEXT: AtomicUsize = AtomicUsize::new(0);
+    let dir = std::env::temp_dir().join(format!(
+        "orderflow-kafka-{}-{}",
+        std::process::id(),
+        NEXT.fetch_add(1, Ordering::Relaxed)
+    ));
+    let _ = std::fs::remove_dir_all(&dir); // left by a process with our pid
+    std::fs::create_dir_all(&dir).unwrap();
+    dir
+}
+
+/// What a Kafka broker is started with besides the single-node defaults
+/// of `scripts/kafka.sh`.
+#[derive(Debug, Default, Clone)]
+pub struct KafkaOptions {
+    /// Lines appended to `server.properties` (a later key wins). `{port}`
+    /// and `{controller_port}` stand for the broker's PLAINTEXT and
+    /// controller ports, `{extra_port}` for one more free port (another
+    /// listener's, see [`Broker::extra_port`]), `{dir}` for its directory.
+    pub properties: Vec<String>,
+    /// Arguments passed to `StorageTool format` (e.g. `--add-scram`).
+    pub format_args: Vec<String>,
+}
+
 pub struct Broker {
     child: Option<Child>,
+    /// The PLAINTEXT listener, which the harness itself uses.
     pub port: u16,
-    storage: String,
-    dir: PathBuf,
+    pub controller_port: u16,
+    /// A free port picked with the others, for `{extra_port}` in
+    /// [`KafkaOptions::properties`].
+    pub extra_port: u16,
+    /// The broker's files (config, data, logs); removed on drop.
+    pub dir: PathBuf,
 }
 
 impl Broker {
-    /// A broker with its own fresh sqlite file. (tansu 0.6's `memory://`
-    /// engine answers ListOffsets with a high watermark of 1 for every
-    /// partition, which breaks reading a topic to its end; sqlite is right.)
+    /// Apache Kafka with the single-node settings, a fresh log dir.
     pub fn start() -> Broker {
-        let dir = std::env::temp_dir().join(format!(
-            "orderflow-tansu-{}-{}",
-            std::process::id(),
-            free_port()
-        ));
-        std::fs::create_dir_all(&dir).unwrap();
-        Self::start_sqlite(&dir.join("broker.db"))
+        Self::start_kafka(&KafkaOptions::default())
     }
 
-    /// A broker whose data survives its own restart.
-    /// (tansu 0.6 reads the sqlite path relative to its working directory.)
-    pub fn start_sqlite(file: &std::path::Path) -> Broker {
-        let name = file.file_name().expect("a file name").to_string_lossy();
-        let dir = file.parent().expect("a directory").to_path_buf();
-        Self::start_with_storage(format!("sqlite://{name}"), dir)
+    /// Apache Kafka with extra settings (listeners, SASL, ACLs).
+    pub fn start_kafka(options: &KafkaOptions) -> Broker {
+        let mut failures = Vec::new();
+        for _ in 0..BROKER_START_ATTEMPTS {
+            match Self::try_start(options) {
+                Ok(broker) => return broker,
+                Err(failure) => failures.push(failure),
+            }
+        }
+        panic!("Kafka did not start: {failures:#?}");
     }
 
-    fn start_with_storage(storage: String, dir: PathBuf) -> Broker {
+    /// Formats a fresh directory and starts the broker; `Err` (with its
+    /// log's tail) if the broker exits while starting.
+    fn try_start(options: &KafkaOptions) -> Result<Broker, String> {
+        let dir = broker_dir();
+        let [port, controller_port, extra_port] = free_ports::<3>();
+        let mut format = Command::new("bash");
+        format.arg(kafka_script()).args([
+            "format",
+            "--dir",
+            &dir.to_string_lossy(),
+            "--port",
+            &port.to_string(),
+            "--controller-port",
+            &controller_port.to_string(),
+        ]);
+        if !options.properties.is_empty() {
+            let text = options.properties.join("\n") + "\n";
+            let text = text
+                .replace("{port}", &port.to_string())
+                .replace("{controller_port}", &controller_port.to_string())
+                .replace("{extra_port}", &extra_port.to_string())
+                .replace("{dir}", &dir.to_string_lossy());
+            let extra = dir.join("extra.properties");
+            std::fs::write(&extra, text).unwrap();
+            format.arg("--config-extra").arg(&extra);
+        }
+        for arg in &options.format_args {
+            format.arg("--format-arg").arg(arg);
+        }
+        let output = format.output().expect("running scripts/kafka.sh format");
+        assert!(
+            output.status.success(),
+            "scripts/kafka.sh format failed: {}",
+            String::from_utf8_lossy(&output.stderr)
+        );
         let mut broker = Broker {
             child: None,
-            port: free_port(),
-            storage,
+            port,
+            controller_port,
+            extra_port,
             dir,
         };
-        broker.spawn();
-        broker
+        broker.spawn()?;
+        Ok(broker)
     }
 
-    fn spawn(&mut self) {
-        let url = format!("tcp://127.0.0.1:{}", self.port);
-        let child = Command::new(tansu_binary())
-            .args([
-                "broker",
-                "--listener-url",
-                &url,
-                "--advertised-listener-url",
-                &url,
-            ])
-            .args(["--storage-engine", &self.storage])
-            .env("RUST_LOG", "warn")
-            .current_dir(&self.dir)
+    /// Runs the formatted broker and waits until it answers metadata.
+    fn spawn(&mut self) -> Result<(), String> {
+        let child = Command::new("bash")
+            .arg(kafka_script())
+            .args(["run", "--dir", &self.dir.to_string_lossy()])
+            .args(["--owner", &std::process::id().to_string()])
             .stdin(Stdio::null())
             .stdout(Stdio::null())
             .stderr(Stdio::null())
             .spawn()
-            .expect("starting tansu");
+            .expect("starting Kafka");
         self.child = Some(child);
         let addr = self.addr();
-        wait_for("tansu to accept connections", BROKER_START_TIMEOUT, || {
-            std::net::TcpStream::connect(&addr).ok()
-        });
+        let deadline = Instant::now() + BROKER_START_TIMEOUT;
+        while TcpStream::connect(&addr).is_err() {
+            if let Some(status) = self.child.as_mut().and_then(|c| c.try_wait().unwrap()) {
+                self.child = None;
+                return Err(format!(
+                    "the broker exited with {status}; its log ends:\n{}",
+                    self.log_tail(20)
+                ));
+            }
+            assert!(
+                Instant::now() < deadline,
+                "the broker did not accept connections within {BROKER_START_TIMEOUT:?} \
+                 (logs in {})",
+                self.dir.display()
+            );
+            std::thread::sleep(Duration::from_millis(20));
+        }
         // A TCP accept is not yet a working broker: wait for metadata.
         let consumer: BaseConsumer = self.client_config().create().unwrap();
-        wait_for("tansu metadata", BROKER_START_TIMEOUT, || {
+        wait_for("broker metadata", BROKER_START_TIMEOUT, || {
             consumer.fetch_metadata(None, Duration::from_secs(2)).ok()
         });
+        Ok(())
+    }
+
+    /// The last `lines` lines of the broker's log.
+    pub fn log_tail(&self, lines: usize) -> String {
+        let log = std::fs::read_to_string(self.dir.join("logs/server.log")).unwrap_or_default();
+        let all: Vec<&str> = log.lines().collect();
+        all[all.len().saturating_sub(lines)..].join("\n")
     }
 
     pub fn addr(&self) -> String {
@@ -157,10 +249,27 @@ impl Broker {
         }
     }
 
-    /// Starts the broker again on the same port and storage.
+    /// Stops the broker with SIGTERM (a controlled shutdown), SIGKILL if
+    /// it has not stopped within a deadline.
+    pub fn stop(&mut self) {
+        if let Some(mut child) = self.child.take() {
+            unsafe { libc::kill(child.id() as i32, libc::SIGTERM) };
+            let deadline = Instant::now() + BROKER_STOP_TIMEOUT;
+            while child.try_wait().ok().flatten().is_none() && Instant::now() < deadline {
+                std::thread::sleep(Duration::from_millis(50));
+            }
+            let _ = child.kill();
+            let _ = child.wait();
+        }
+    }
+
+    /// Starts the broker again on the same ports and data (killing it
+    /// first if it runs).
     pub fn restart(&mut self) {
         self.kill();
-        self.spawn();
+        if let Err(failure) = self.spawn() {
+            panic!("Kafka did not start again: {failure}");
+        }
     }
 
     pub fn create_topics(&self, topics: &[(&str, i32)]) {
@@ -198,7 +307,10 @@ impl Broker {
                         .fetch_metadata(Some(name), Duration::from_secs(2))
                         .ok()?;
                     let topic = md.topics().iter().find(|t| t.name() == *name)?;
-                    (topic.partitions().len() == *partitions as usize).then_some(())
+                    // Every partition with a leader: a fresh topic's
+                    // partitions answer NotLeaderForPartition until then.
+                    let led = topic.partitions().iter().all(|p| p.leader() >= 0);
+                    (topic.partitions().len() == *partitions as usize && led).then_some(())
                 },
             );
         }
@@ -212,6 +324,9 @@ impl Broker {
             ("order-status", partitions),
             ("fulfillments", partitions),
             ("orders-dlq", 1),
+            ("order-events", partitions),
+            ("payment-requests", partitions),
+            ("order-state", partitions),
         ]);
     }
 
@@ -241,27 +356,47 @@ impl Broker {
                 "timed out after {timeout:?} reading {topic}: {} records so far",
                 messages.len()
             );
-            if let Some(result) = consumer.poll(Duration::from_millis(100)) {
+            // `enough` is asked again once the reader has caught up, or
+            // every READ_UNTIL_BATCH records: asked after every record it
+            // costs O(n²) (a minute for 6,600 statuses in a debug build).
+            while let Some(result) = consumer.poll(Duration::from_millis(100)) {
                 messages.push(result.expect("consuming").detach());
+                if messages.len() % READ_UNTIL_BATCH == 0 {
+                    break;
+                }
             }
         }
         messages
     }
 
+    /// A `read_committed` consumer assigned to every partition of `topic`
+    /// from the beginning.
+    pub fn committed_reader(&self, topic: &str) -> BaseConsumer {
+        self.reader(topic).0
+    }
+
     /// A consumer assigned to every partition of `topic` from the
     /// beginning, and each non-empty partition's high watermark as of now.
-    fn reader(&self, topic: &str) -> (BaseConsumer, std::collections::HashMap<i32, i64>) {
+    fn reader(&self, topic: &str) -> (BaseConsumer, HashMap<i32, i64>) {
+        self.reader_with(topic, "read_committed")
+    }
+
+    /// [`Self::reader`] with an `isolation.level`.
+    fn reader_with(&self, topic: &str, isolation: &str) -> (BaseConsumer, HashMap<i32, i64>) {
         let consumer: BaseConsumer = self
             .client_config()
             .set("group.id", format!("test-reader-{}", free_port()))
             .set("enable.auto.commit", "false")
+            // read_committed: what downstream consumers of a transactional
+            // processor see (librdkafka's default, made explicit).
+            .set("isolation.level", isolation)
             .create()
             .unwrap();
         let md = consumer
             .fetch_metadata(Some(topic), Duration::from_secs(10))
             .unwrap();
         let mut tpl = TopicPartitionList::new();
-        let mut highs = std::collections::HashMap::new();
+        let mut highs = HashMap::new();
         for p in md.topics()[0].partitions() {
             let (low, high) = consumer
                 .fetch_watermarks(topic, p.id(), Duration::from_secs(10))
@@ -276,9 +411,21 @@ impl Broker {
         (consumer, highs)
     }
 
-    /// Reads every record of `topic` up to its high watermarks as of now.
+    /// Reads every committed record of `topic` (`read_committed`: no
+    /// record of an aborted or open transaction) up to its high watermarks
+    /// as of now.
     pub fn read_to_end(&self, topic: &str) -> Vec<OwnedMessage> {
-        let (consumer, mut remaining) = self.reader(topic);
+        self.read_to_end_with(topic, "read_committed")
+    }
+
+    /// Reads every record of `topic`, aborted transactions' included
+    /// (`read_uncommitted`), up to its high watermarks as of now.
+    pub fn read_to_end_uncommitted(&self, topic: &str) -> Vec<OwnedMessage> {
+        self.read_to_end_with(topic, "read_uncommitted")
+    }
+
+    fn read_to_end_with(&self, topic: &str, isolation: &str) -> Vec<OwnedMessage> {
+        let (consumer, mut remaining) = self.reader_with(topic, isolation);
         let mut messages = Vec::new();
         let deadline = Instant::now() + ADMIN_TIMEOUT;
         while !remaining.is_empty() {
@@ -286,18 +433,77 @@ impl Broker {
                 Instant::now() < deadline,
                 "timed out reading {topic} to its end"
             );
-            if let Some(result) = consumer.poll(Duration::from_millis(100)) {
-                let message = result.expect("consuming").detach();
-                if remaining
-                    .get(&message.partition())
-                    .is_some_and(|high| message.offset() + 1 >= *high)
-                {
-                    remaining.remove(&message.partition());
+            match consumer.poll(Duration::from_millis(100)) {
+                Some(result) => {
+                    let message = result.expect("consuming").detach();
+                    if remaining
+                        .get(&message.partition())
+                        .is_some_and(|high| message.offset() + 1 >= *high)
+                    {
+                        remaining.remove(&message.partition());
+                    }
+                    messages.push(message);
                 }
-                messages.push(message);
+                // Transaction markers (and aborted records, which a
+                // read_committed reader skips) sit below the high
+                // watermark: the position says where the reader really is.
+                None => {
+                    for element in consumer.position().unwrap().elements() {
+                        if let Offset::Offset(next) = element.offset() {
+                            if remaining
+                                .get(&element.partition())
+                                .is_some_and(|high| next >= *high)
+                            {
+                                remaining.remove(&element.partition());
+                            }
+                        }
+                    }
+                }
             }
         }
         messages
+    }
+
+    /// The high watermark of every partition of `topic`.
+    pub fn end_offsets(&self, topic: &str) -> HashMap<i32, i64> {
+        let (consumer, _) = self.reader(topic);
+        let md = consumer.fetch_metadata(Some(topic), ADMIN_TIMEOUT).unwrap();
+        md.topics()[0]
+            .partitions()
+            .iter()
+            .map(|p| {
+                let (_, high) = consumer
+                    .fetch_watermarks(topic, p.id(), ADMIN_TIMEOUT)
+                    .unwrap();
+                (p.id(), high)
+            })
+            .collect()
+    }
+
+    /// The offset `group` has committed for each partition of `topic`, as
+    /// the broker's group coordinator answers it (`None`: no commit), with
+    /// `require_stable` so a commit of a transaction still open is waited
+    /// for rather than skipped.
+    pub fn committed_offsets(&self, group: &str, topic: &str) -> HashMap<i32, Option<i64>> {
+        let consumer: BaseConsumer = self
+            .client_config()
+            .set("group.id", group)
+            .set("enable.auto.commit", "false")
+            .set("isolation.level", "read_committed")
+            .create()
+            .unwrap();
+        let mut tpl = TopicPartitionList::new();
+        for partition in self.end_offsets(topic).keys() {
+            tpl.add_partition(topic, *partition);
+        }
+        let committed = consumer
+            .committed_offsets(tpl, ADMIN_TIMEOUT)
+            .expect("fetching committed offsets");
+        committed
+            .elements()
+            .iter()
+            .map(|e| (e.partition(), e.offset().to_raw().filter(|o| *o >= 0)))
+            .collect()
     }
 
     /// Produces one record to an explicit partition and waits for the ack.
@@ -319,6 +525,25 @@ impl Broker {
                 .expect("delivered");
         });
     }
+}
+
+/// A key that the default `kafka.orders_partitioner` (murmur2) puts on
+/// `partition` of `partitions`: `{prefix}-{partition}`, or the first
+/// `{prefix}-{partition}-{n}` that lands there. Deterministic, so a test can
+/// compute it again to look for it.
+pub fn key_for_partition(prefix: &str, partition: i32, partitions: i32) -> String {
+    use orderflow::partitioner::Partitioner;
+    let lands = |key: &str| {
+        Partitioner::Murmur2.partition(key.as_bytes(), partitions as u32) == Some(partition as u32)
+    };
+    let plain = format!("{prefix}-{partition}");
+    if lands(&plain) {
+        return plain;
+    }
+    (0..)
+        .map(|n| format!("{prefix}-{partition}-{n}"))
+        .find(|key| lands(key))
+        .expect("some key lands on every partition")
 }
 
 /// The processor, in this test process, against `broker`.
@@ -372,16 +597,19 @@ impl Drop for Processor {
 impl Drop for Broker {
     fn drop(&mut self) {
         self.kill();
+        let _ = std::fs::remove_dir_all(&self.dir);
     }
 }
 
 /// An idempotent producer for the broker at `addr`; its retries ride out
-/// a broker restart.
+/// a broker restart. It places keyed records as the Java client does
+/// (murmur2), the processor's default `kafka.orders_partitioner`.
 pub fn producer_for(addr: &str) -> FutureProducer {
     ClientConfig::new()
         .set("bootstrap.servers", addr)
         .set("linger.ms", "5")
         .set("enable.idempotence", "true")
+        .set("partitioner", "murmur2_random")
         // Tests send 10 MB poison records.
         .set("message.max.bytes", "16000000")
         .create()

@@ -1,0 +1,338 @@
+//! The order book of one partition: which orders have a status, and what
+//! each accepted order holds, so duplicates get no second status and a
+//! cancellation gives back exactly what was taken, once.
+
+use crate::inventory::{Quota, Share, SoldUnits};
+use crate::lifecycle::{Command, Event, Millis, OrderLife};
+use serde::{Deserialize, Serialize};
+use std::collections::{BTreeSet, HashMap, VecDeque};
+use std::sync::Arc;
+
+/// Where a decided order stands.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub enum OrderState {
+    Accepted,
+    Rejected,
+    Cancelled,
+}
+
+/// What an accepted (or once accepted, now cancelled) order holds.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Holding {
+    pub customer_id: String,
+    /// Units per SKU, sorted by SKU, as reserved.
+    pub demand: Vec<(String, u32)>,
+    /// Address keys of the order's shipments.
+    pub shipments: Vec<String>,
+}
+
+impl Holding {
+    /// Units per SKU, as `Inventory::release` and the book's counts take them.
+    pub fn units(&self) -> impl Iterator<Item = (&str, u32)> {
+        self.demand
+            .iter()
+            .map(|(sku, units)| (sku.as_str(), *units))
+    }
+}
+
+/// What the processor remembers of a decided order. This is also the
+/// changelog entry written beside each status (see `state`), from which a
+/// restarted processor rebuilds its books and reservations.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct OrderRecord {
+    pub state: OrderState,
+    /// Offset (in the order's partition) of the record that brought the
+    /// order to this state. A record seen again at the same offset is a
+    /// replay after a crash or rebalance, not an upstream duplicate.
+    pub offset: i64,
+    /// Offset of the order's `order_placed` record (equal to `offset` until
+    /// a cancellation), to tell a replay of the placement from a duplicate.
+    pub placed_offset: i64,
+    /// `None` for rejected orders.
+    pub holding: Option<Holding>,
+    /// The order's life after its acceptance (payments, shipments,
+    /// returns); `None` for rejected orders, and for orders decided before
+    /// lifecycles existed.
+    pub life: Option<Box<OrderLife>>,
+    /// Outputs of the latest record-driven changes, by the offset of the
+    /// record (at most [`MAX_OUTBOX`]): they are sent after the record that
+    /// carries this state, so a replay of that record after a crash sends
+    /// them again (same IDs) instead of deciding anything twice.
+    pub outbox: Vec<Outbox>,
+    /// Bumped by every change: of two copies of an order's record (the
+    /// status topic's and the state topic's), a restore keeps the higher.
+    pub version: u64,
+}
+
+/// Most [`Outbox`] entries kept per order. Entries older than the last
+/// committed offset are never needed again; an order changed by more than
+/// this many records within one commit interval loses the oldest entry's
+/// replay (its follow-ups may then be missing after a crash without
+/// Kafka transactions).
+pub const MAX_OUTBOX: usize = 8;
+
+/// What one record's change of an order sent after the order's state.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Outbox {
+    pub offset: i64,
+    pub at: Millis,
+    pub events: Vec<Event>,
+    pub commands: Vec<Command>,
+    /// The record cancelled the order: its fulfillment cancellations too.
+    pub cancelled: bool,
+}
+
+impl OrderRecord {
+    /// A newly decided order's record.
+    pub fn decided(state: OrderState, offset: i64, holding: Option<Holding>) -> OrderRecord {
+        OrderRecord {
+            state,
+            offset,
+            placed_offset: offset,
+            holding,
+            life: None,
+            outbox: Vec::new(),
+            version: 1,
+        }
+    }
+}
+
+/// Decided orders of one partition, bounded: past `capacity` orders the
+/// oldest is forgotten (first in, first out). A duplicate of a forgotten
+/// order would be decided again, and a cancellation of one ignored, so the
+/// capacity (`engine.dedup_window_orders`) must cover the time over which
+/// upstream can redeliver or cancel.
+#[derive(Debug, Clone)]
+pub struct OrderBook {
+    /// Keys are shared with `arrival` and `timers`: one allocation of an
+    /// order's ID however many places remember it.
+    /// Records are shared with the status output that carries them (its
+    /// changelog entry), so a decision copies no record.
+    orders: HashMap<Arc<str>, Arc<OrderRecord>>,
+    arrival: VecDeque<Arc<str>>,
+    capacity: usize,
+    evicted: u64,
+    /// Set when the partition sells only its quota of each SKU (instances
+    /// sharing a sale); `None` when this process sells the whole stock.
+    quota: Option<Quota>,
+    /// Units of each SKU held by the partition's accepted, uncancelled
+    /// orders, including orders the window has forgotten: what a quota is
+    /// checked against, and what the partition gives back when it moves
+    /// (also with the whole stock, where nothing else remembers what
+    /// forgotten orders hold).
+    sold: SoldUnits,
+    /// When remembered orders' lifecycle timers fire next: one entry per
+    /// order with a timer (a change or a forgotten order takes its entry
+    /// out), so the list is bounded by the window.
+    timers: BTreeSet<(Millis, Arc<str>)>,
+    /// Payments and refunds of remembered orders waiting for staff.
+    attention: usize,
+}
+
+impl OrderBook {
+    pub fn new(capacity: usize) -> Self {
+        assert!(capacity > 0, "an order book must hold at least one order");
+        OrderBook {
+            orders: HashMap::new(),
+            arrival: VecDeque::new(),
+            capacity,
+            evicted: 0,
+            quota: None,
+            sold: SoldUnits::default(),
+            timers: BTreeSet::new(),
+            attention: 0,
+        }
+    }
+
+    /// A book for a partition that sells only its quota of each SKU.
+    pub fn with_quota(capacity: usize, quota: Quota) -> Self {
+        OrderBook {
+            quota: Some(quota),
+            ..OrderBook::new(capacity)
+        }
+    }
+
+    /// How much stock this partition's orders may take.
+    pub fn share(&self) -> Share<'_> {
+        match self.quota {
+            None => Share::Whole,
+            Some(quota) => Share::Partition {
+                quota,
+                sold: &self.sold,
+            },
+        }
+    }
+
+    /// Counts units an accepted order took, per SKU (in whole-stock mode
+    /// too: giving a book back returns what forgotten orders hold).
+    pub fn took<'d>(&mut self, demand: impl IntoIterator<Item = (&'d str, u32)>) {
+        for (sku, units) in demand {
+            match self.sold.get_mut(sku) {
+                // Saturating: a restore counts holdings from the changelog.
+                Some(sold) => *sold = sold.saturating_add(i64::from(units)),
+                None => {
+                    self.sold.insert(sku.to_string(), i64::from(units));
+                }
+            }
+        }
+    }
+
+    /// Counts units a cancelled order gave back, per SKU.
+    pub fn gave_back<'d>(&mut self, demand: impl IntoIterator<Item = (&'d str, u32)>) {
+        for (sku, units) in demand {
+            if let Some(sold) = self.sold.get_mut(sku) {
+                debug_assert!(*sold >= i64::from(units), "gave back more than sold");
+                *sold -= i64::from(units).min(*sold);
+            }
+        }
+    }
+
+    /// Units held per SKU by the partition's accepted orders.
+    pub fn sold(&self) -> &SoldUnits {
+        &self.sold
+    }
+
+    /// Holdings of the accepted, uncancelled orders the window remembers.
+    pub fn accepted(&self) -> impl Iterator<Item = &Holding> {
+        self.orders
+            .values()
+            .filter(|record| record.state == OrderState::Accepted)
+            .filter_map(|record| record.holding.as_ref())
+    }
+
+    pub fn get(&self, order_id: &str) -> Option<&OrderRecord> {
+        self.orders.get(order_id).map(|record| &**record)
+    }
+
+    /// Remembers a newly decided order, forgetting the oldest past capacity;
+    /// for a known order, changes its record (accepted → cancelled).
+    pub fn insert(&mut self, order_id: String, record: OrderRecord) {
+        self.insert_shared(order_id, Arc::new(record));
+    }
+
+    /// [`OrderBook::insert`] of a record an output shares.
+    pub fn insert_shared(&mut self, order_id: String, record: Arc<OrderRecord>) {
+        self.attention += attention(&record);
+        if let Some(slot) = self.orders.get_mut(order_id.as_str()) {
+            self.attention -= attention(slot);
+            let (old, new) = (next_due(slot), next_due(&record));
+            *slot = record;
+            if old.is_some() || new.is_some() {
+                let key = self
+                    .orders
+                    .get_key_value(order_id.as_str())
+                    .map(|(key, _)| key.clone())
+                    .expect("the order was just found");
+                if let Some(old) = old.filter(|old| Some(*old) != new) {
+                    self.timers.remove(&(old, key.clone()));
+                }
+                // Also when unchanged: `due` took the entry off the list.
+                if let Some(due) = new {
+                    self.timers.insert((due, key));
+                }
+            }
+            return;
+        }
+        let key: Arc<str> = Arc::from(order_id);
+        if let Some(due) = next_due(&record) {
+            self.timers.insert((due, key.clone()));
+        }
+        while self.arrival.len() >= self.capacity {
+            if let Some(oldest) = self.arrival.pop_front() {
+                if let Some(forgotten) = self.orders.remove(&oldest) {
+                    self.attention -= attention(&forgotten);
+                    if let Some(due) = next_due(&forgotten) {
+                        self.timers.remove(&(due, oldest));
+                    }
+                }
+                self.evicted += 1;
+            }
+        }
+        self.arrival.push_back(key.clone());
+        self.orders.insert(key, record);
+    }
+
+    pub fn len(&self) -> usize {
+        self.orders.len()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.orders.is_empty()
+    }
+
+    /// Orders forgotten because the book was full.
+    pub fn evicted(&self) -> u64 {
+        self.evicted
+    }
+
+    /// The orders whose lifecycle timers are due by `now`, taken off the
+    /// timer list (a change of the order puts its next timer back).
+    pub fn due(&mut self, now: Millis) -> Vec<Arc<str>> {
+        let mut due = Vec::new();
+        while let Some((at, _)) = self.timers.first() {
+            if *at > now {
+                break;
+            }
+            let Some((at, order_id)) = self.timers.pop_first() else {
+                break;
+            };
+            let current = self
+                .orders
+                .get(&order_id)
+                .and_then(|record| record.life.as_ref())
+                .and_then(|life| life.next_due());
+            if current == Some(at) && due.last() != Some(&order_id) {
+                due.push(order_id);
+            }
+        }
+        due
+    }
+
+    /// How many remembered orders have a lifecycle timer set.
+    pub fn timers_set(&self) -> usize {
+        self.timers.len()
+    }
+
+    /// Payments and refunds of remembered orders waiting for staff.
+    pub fn in_attention(&self) -> usize {
+        self.attention
+    }
+
+    /// Every remembered order with a life, for a restore's resend of what
+    /// was in flight.
+    pub fn lives(&self) -> impl Iterator<Item = (&str, &OrderRecord)> {
+        self.orders
+            .iter()
+            .filter(|(_, record)| record.life.is_some())
+            .map(|(order_id, record)| (&**order_id, &**record))
+    }
+}
+
+/// When an order's lifecycle timer fires next, if it has one.
+fn next_due(record: &OrderRecord) -> Option<Millis> {
+    record.life.as_ref().and_then(|life| life.next_due())
+}
+
+/// Payments and refunds of an order waiting for staff.
+fn attention(record: &OrderRecord) -> usize {
+    record.life.as_ref().map_or(0, |life| life.in_attention())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn forgets_oldest_past_capacity() {
+        let mut book = OrderBook::new(2);
+        for (offset, id) in ["a", "b", "c"].into_iter().enumerate() {
+            book.insert(
+                id.to_string(),
+                OrderRecord::decided(OrderState::Rejected, offset as i64, None),
+            );
+        }
+        assert!(book.get("a").is_none());
+        assert!(book.get("b").is_some() && book.get("c").is_some());
+        assert_eq!((book.len(), book.evicted()), (2, 1));
+    }
+}

@@ -1,0 +1,142 @@
+//! What the order store costs per order, on this machine: durable commits
+//! in batches, "never seen" answers from the Bloom filter, lookups of held
+//! orders, disk per order, reopen time (journal replay and the filter's
+//! rebuild) and resident memory.
+//!
+//! ```sh
+//! cargo bench -p orderflow-store --bench store            # 1,000,000 orders
+//! STORE_BENCH_ORDERS=200000 cargo bench -p orderflow-store --bench store
+//! ```
+//!
+//! CPU time is the process's (getrusage), so fjall's background flushes
+//! and compactions count; figures in docs/benchmarks.md.
+
+use orderflow_store::{Checkpoint, PartitionStore, Put};
+use std::time::{Duration, Instant};
+
+/// Orders per durable commit: about one poll's worth of a shard.
+const BATCH: usize = 500;
+/// A record's encoded size, about an accepted order's state-codec record
+/// with two lines and a payment.
+const VALUE_BYTES: usize = 200;
+const DAY_MS: i64 = 86_400_000;
+
+fn cpu_time() -> Duration {
+    let mut usage = std::mem::MaybeUninit::<libc::rusage>::zeroed();
+    // SAFETY: getrusage fills the struct it is given.
+    let usage = unsafe {
+        libc::getrusage(libc::RUSAGE_SELF, usage.as_mut_ptr());
+        usage.assume_init()
+    };
+    let time = |t: libc::timeval| Duration::new(t.tv_sec as u64, t.tv_usec as u32 * 1000);
+    time(usage.ru_utime) + time(usage.ru_stime)
+}
+
+fn resident_mib() -> f64 {
+    let status = std::fs::read_to_string("/proc/self/status").unwrap_or_default();
+    status
+        .lines()
+        .find_map(|l| l.strip_prefix("VmRSS:"))
+        .and_then(|v| v.trim().trim_end_matches("kB").trim().parse::<f64>().ok())
+        .map_or(0.0, |kib| kib / 1024.0)
+}
+
+fn key(i: usize) -> Vec<u8> {
+    format!("o-3-{i:012}").into_bytes()
+}
+
+/// Pseudo-random bytes, the same for the same order.
+fn value(i: usize) -> Vec<u8> {
+    let mut x = (i as u64).wrapping_mul(0x9e37_79b9_7f4a_7c15) | 1;
+    (0..VALUE_BYTES)
+        .map(|_| {
+            x ^= x << 13;
+            x ^= x >> 7;
+            x ^= x << 17;
+            x as u8
+        })
+        .collect()
+}
+
+fn per(what: Duration, count: usize) -> f64 {
+    what.as_secs_f64() * 1e9 / count as f64
+}
+
+fn main() {
+    if !std::env::args().any(|a| a == "--bench") {
+        return; // `cargo test` runs benches without it: nothing to do.
+    }
+    let orders: usize = std::env::var("STORE_BENCH_ORDERS")
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(1_000_000);
+    let dir = tempfile::tempdir().unwrap();
+    let mut store = PartitionStore::open(dir.path(), orders).unwrap();
+    println!(
+        "{orders} orders, {VALUE_BYTES}-byte records, batches of {BATCH}, rss at open {:.1} MiB",
+        resident_mib()
+    );
+
+    let (wall, cpu) = (Instant::now(), cpu_time());
+    for (n, start) in (0..orders).step_by(BATCH).enumerate() {
+        let puts: Vec<Put> = (start..orders.min(start + BATCH))
+            .map(|i| Put {
+                key: key(i),
+                value: value(i),
+                expires_at_ms: 90 * DAY_MS + i as i64,
+            })
+            .collect();
+        let checkpoint = Checkpoint {
+            changelog_next: (start + puts.len()) as i64,
+            input_next: n as i64 + 1,
+        };
+        store.commit(&puts, checkpoint).unwrap();
+    }
+    let (wall, cpu) = (wall.elapsed(), cpu_time() - cpu);
+    println!(
+        "commit: {:.0} ns per order wall, {:.0} ns CPU; {:.0} µs per batch",
+        per(wall, orders),
+        per(cpu, orders),
+        wall.as_secs_f64() * 1e6 / orders.div_ceil(BATCH) as f64
+    );
+    println!(
+        "rss after load {:.1} MiB, Bloom filter {:.1} MiB",
+        resident_mib(),
+        store.filter_bytes() as f64 / (1 << 20) as f64
+    );
+
+    let lookups = orders.min(500_000);
+    let started = Instant::now();
+    let mut maybe = 0;
+    for i in 0..lookups {
+        maybe += usize::from(store.may_contain(&key(orders + i)));
+    }
+    println!(
+        "never-seen ID: {:.0} ns (filter only; {:.2} % would read the disk)",
+        per(started.elapsed(), lookups),
+        maybe as f64 * 100.0 / lookups as f64
+    );
+    let started = Instant::now();
+    for i in 0..lookups {
+        let i = i.wrapping_mul(7919) % orders;
+        assert!(store.get(&key(i)).unwrap().is_some());
+    }
+    println!(
+        "held order, random: {:.0} ns",
+        per(started.elapsed(), lookups)
+    );
+    println!(
+        "disk: {:.0} bytes per order",
+        store.disk_bytes().unwrap() as f64 / orders as f64
+    );
+    drop(store);
+    let started = Instant::now();
+    let store = PartitionStore::open(dir.path(), orders).unwrap();
+    println!(
+        "reopen (journal replay, filter rebuilt from {} keys): {:.2} s; rss {:.1} MiB",
+        orders,
+        started.elapsed().as_secs_f64(),
+        resident_mib()
+    );
+    assert_eq!(store.checkpoint().unwrap().changelog_next, orders as i64);
+}

@@ -1,0 +1,307 @@
+//! The local store of one partition's order records: every order of the
+//! partition for its retention, on disk, crash-safe, in front of which the
+//! in-memory order book is a bounded cache.
+//!
+//! Kafka stays the source of truth: the store is a cache that can be
+//! thrown away. What it holds is always a prefix of the partition's
+//! changelog, and its [`Checkpoint`] says which: the changelog offset it is
+//! current to and the input offset whose effects it holds. A restart reads
+//! the changelog from the checkpoint on; a partition on a machine without
+//! the files reads the (compacted) changelog from its beginning.
+//!
+//! Layout, in one fjall database per partition directory:
+//! - `orders`: order ID → expiry (8 bytes, big-endian) ++ the record's bytes
+//!   (the state codec's, opaque here);
+//! - `expiry`: expiry (8 bytes, ordered) ++ order ID → nothing: retention
+//!   walks it oldest first. A record written again with a later expiry
+//!   leaves its older index entry behind; retention drops such an entry
+//!   when it finds the record's expiry has moved on, so a write never reads;
+//! - `meta`: the checkpoint.
+//!
+//! [`PartitionStore::commit`] writes a batch of records and the checkpoint
+//! in one atomic, durable (fsynced) fjall write batch: after a crash the
+//! store holds every committed batch and nothing of a batch it did not
+//! acknowledge. A [`Bloom`] filter of every key answers "never seen" for a
+//! new order ID without a disk read.
+
+pub mod bloom;
+
+pub use bloom::Bloom;
+
+use fjall::{Database, Keyspace, KeyspaceCreateOptions, PersistMode};
+use std::path::{Path, PathBuf};
+
+/// The block cache of one partition's store. Resident memory per partition
+/// is this plus fjall's memtables ([`MEMTABLE_BYTES`] per keyspace, three
+/// keyspaces) plus the Bloom filter (10 bits per order); the record count
+/// changes only the filter.
+pub const CACHE_BYTES: u64 = 32 << 20;
+/// The memtable of each keyspace: past it, fjall flushes it to a table.
+pub const MEMTABLE_BYTES: u64 = 8 << 20;
+/// The journal kept before fjall flushes memtables to make room: bounds
+/// both disk use by the journal and the replay time of a reopen.
+pub const MAX_JOURNAL_BYTES: u64 = 64 << 20;
+/// fjall's background threads (flushes and compactions) per store.
+const WORKER_THREADS: usize = 1;
+/// Index entries one retention pass walks at most, so a pass after a long
+/// pause is spread over several calls.
+pub const EXPIRE_BATCH: usize = 10_000;
+
+const CHECKPOINT_KEY: &[u8] = b"checkpoint";
+const EXPIRY_BYTES: usize = 8;
+
+#[derive(Debug, thiserror::Error)]
+pub enum StoreError {
+    #[error("order store at {path}: {source}")]
+    Fjall {
+        path: PathBuf,
+        #[source]
+        source: fjall::Error,
+    },
+    #[error("order store at {path}: corrupt {what}")]
+    Corrupt { path: PathBuf, what: &'static str },
+}
+
+/// How far the store is current: the offsets after the last changelog
+/// record and the last input record whose effects it holds.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub struct Checkpoint {
+    pub changelog_next: i64,
+    pub input_next: i64,
+}
+
+impl Checkpoint {
+    fn encode(&self) -> [u8; 16] {
+        let mut bytes = [0; 16];
+        bytes[..8].copy_from_slice(&self.changelog_next.to_be_bytes());
+        bytes[8..].copy_from_slice(&self.input_next.to_be_bytes());
+        bytes
+    }
+
+    fn decode(bytes: &[u8]) -> Option<Self> {
+        let changelog_next = i64::from_be_bytes(bytes.get(..8)?.try_into().ok()?);
+        let input_next = i64::from_be_bytes(bytes.get(8..16)?.try_into().ok()?);
+        (bytes.len() == 16).then_some(Checkpoint {
+            changelog_next,
+            input_next,
+        })
+    }
+}
+
+/// One record to write: the order's key, its record's bytes, and when
+/// retention may remove it (milliseconds since the epoch).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Put {
+    pub key: Vec<u8>,
+    pub value: Vec<u8>,
+    pub expires_at_ms: i64,
+}
+
+/// What one retention pass removed.
+#[derive(Debug, Default, PartialEq, Eq)]
+pub struct Expired {
+    /// Keys of the records removed (for the changelog's tombstones).
+    pub keys: Vec<Vec<u8>>,
+    /// Whether index entries before the cut-off are left for another pass.
+    pub more: bool,
+}
+
+pub struct PartitionStore {
+    path: PathBuf,
+    db: Database,
+    orders: Keyspace,
+    expiry: Keyspace,
+    meta: Keyspace,
+    bloom: Bloom,
+    checkpoint: Option<Checkpoint>,
+}
+
+impl PartitionStore {
+    /// Opens (or creates) the store in `dir`, replaying its journal after a
+    /// crash, and rebuilds the Bloom filter from its keys. `expected` sizes
+    /// the filter's first layer.
+    pub fn open(dir: &Path, expected: usize) -> Result<Self, StoreError> {
+        let path = dir.to_path_buf();
+        let fjall = |source| StoreError::Fjall {
+            path: path.clone(),
+            source,
+        };
+        let db = Database::builder(dir)
+            .cache_size(CACHE_BYTES)
+            .max_journaling_size(MAX_JOURNAL_BYTES)
+            .worker_threads(WORKER_THREADS)
+            .open()
+            .map_err(fjall)?;
+        let options = || KeyspaceCreateOptions::default().max_memtable_size(MEMTABLE_BYTES);
+        let orders = db.keyspace("orders", options).map_err(fjall)?;
+        let expiry = db.keyspace("expiry", options).map_err(fjall)?;
+        let meta = db.keyspace("meta", options).map_err(fjall)?;
+        let checkpoint = match meta.get(CHECKPOINT_KEY).map_err(fjall)? {
+            None => None,
+            Some(bytes) => Some(Checkpoint::decode(&bytes).ok_or(StoreError::Corrupt {
+                path: path.clone(),
+                what: "checkpoint",
+            })?),
+        };
+        let mut bloom = Bloom::new(expected);
+        for guard in orders.iter() {
+            bloom.insert(&guard.key().map_err(fjall)?);
+        }
+        Ok(PartitionStore {
+            path,
+            db,
+            orders,
+            expiry,
+            meta,
+            bloom,
+            checkpoint,
+        })
+    }
+
+    fn fjall(&self, source: fjall::Error) -> StoreError {
+        StoreError::Fjall {
+            path: self.path.clone(),
+            source,
+        }
+    }
+
+    fn corrupt(&self, what: &'static str) -> StoreError {
+        StoreError::Corrupt {
+            path: self.path.clone(),
+            what,
+        }
+    }
+
+    /// The checkpoint of the last commit; `None` for a new store.
+    pub fn checkpoint(&self) -> Option<Checkpoint> {
+        self.checkpoint
+    }
+
+    /// False: `key` is in no record (no disk read). True: look it up.
+    pub fn may_contain(&self, key: &[u8]) -> bool {
+        self.bloom.may_contain(key)
+    }
+
+    /// The record of `key`, read from disk unless the filter rules it out.
+    pub fn get(&self, key: &[u8]) -> Result<Option<Vec<u8>>, StoreError> {
+        if !self.bloom.may_contain(key) {
+            return Ok(None);
+        }
+        match self.orders.get(key).map_err(|e| self.fjall(e))? {
+            None => Ok(None),
+            Some(stored) => match stored.get(EXPIRY_BYTES..) {
+                Some(value) => Ok(Some(value.to_vec())),
+                None => Err(self.corrupt("record")),
+            },
+        }
+    }
+
+    /// Writes `puts` (a later put of a key replaces an earlier one) and
+    /// the checkpoint, atomically and durably.
+    pub fn commit(&mut self, puts: &[Put], checkpoint: Checkpoint) -> Result<(), StoreError> {
+        let mut batch = self.db.batch().durability(Some(PersistMode::SyncData));
+        for put in puts {
+            let mut stored = Vec::with_capacity(EXPIRY_BYTES + put.value.len());
+            stored.extend_from_slice(&put.expires_at_ms.to_be_bytes());
+            stored.extend_from_slice(&put.value);
+            batch.insert(&self.orders, put.key.as_slice(), stored);
+            batch.insert(&self.expiry, expiry_key(put.expires_at_ms, &put.key), []);
+        }
+        batch.insert(&self.meta, CHECKPOINT_KEY, checkpoint.encode());
+        batch.commit().map_err(|e| self.fjall(e))?;
+        for put in puts {
+            self.bloom.insert(&put.key);
+        }
+        self.checkpoint = Some(checkpoint);
+        Ok(())
+    }
+
+    /// Removes, atomically and durably, the records whose expiry is before
+    /// `now_ms`, oldest first, walking at most [`EXPIRE_BATCH`] index
+    /// entries.
+    pub fn expire(&mut self, now_ms: i64) -> Result<Expired, StoreError> {
+        let mut expired = Expired::default();
+        let mut batch = self.db.batch().durability(Some(PersistMode::SyncData));
+        let cut = expiry_key(now_ms, &[]);
+        for (walked, guard) in self.expiry.range(..cut.as_slice()).enumerate() {
+            if walked >= EXPIRE_BATCH {
+                expired.more = true;
+                break;
+            }
+            let entry = guard.key().map_err(|e| self.fjall(e))?;
+            let (at, key) = entry
+                .split_at_checked(EXPIRY_BYTES)
+                .ok_or_else(|| self.corrupt("expiry index"))?;
+            let at = decode_expiry(at);
+            batch.remove(&self.expiry, entry.to_vec());
+            let current = self.orders.get(key).map_err(|e| self.fjall(e))?;
+            let current_at = match &current {
+                None => continue,
+                Some(stored) => match stored.get(..EXPIRY_BYTES) {
+                    Some(bytes) => decode_plain(bytes),
+                    None => return Err(self.corrupt("record")),
+                },
+            };
+            // Written again since with a later expiry: only the index
+            // entry was stale.
+            if current_at == at {
+                batch.remove(&self.orders, key.to_vec());
+                expired.keys.push(key.to_vec());
+            }
+        }
+        if !batch.is_empty() {
+            batch.commit().map_err(|e| self.fjall(e))?;
+        }
+        Ok(expired)
+    }
+
+    /// Every record, in key order: for restores' checks and tests.
+    pub fn records(&self) -> impl Iterator<Item = Result<(Vec<u8>, Vec<u8>), StoreError>> + '_ {
+        self.orders.iter().map(|guard| {
+            let (key, stored) = guard.into_inner().map_err(|e| self.fjall(e))?;
+            let value = stored
+                .get(EXPIRY_BYTES..)
+                .ok_or_else(|| self.corrupt("record"))?;
+            Ok((key.to_vec(), value.to_vec()))
+        })
+    }
+
+    /// Records in the store (exact: a full count, not for the hot path).
+    pub fn len(&self) -> Result<usize, StoreError> {
+        self.orders.len().map_err(|e| self.fjall(e))
+    }
+
+    pub fn is_empty(&self) -> Result<bool, StoreError> {
+        self.orders.is_empty().map_err(|e| self.fjall(e))
+    }
+
+    /// Bytes on disk: tables and journal.
+    pub fn disk_bytes(&self) -> Result<u64, StoreError> {
+        self.db.disk_space().map_err(|e| self.fjall(e))
+    }
+
+    /// Memory the Bloom filter takes.
+    pub fn filter_bytes(&self) -> usize {
+        self.bloom.bytes()
+    }
+}
+
+/// Index keys sort by expiry, then key: the expiry as big-endian with its
+/// sign bit flipped, so negative times sort before positive ones.
+fn expiry_key(at_ms: i64, key: &[u8]) -> Vec<u8> {
+    let mut bytes = Vec::with_capacity(EXPIRY_BYTES + key.len());
+    bytes.extend_from_slice(&((at_ms as u64) ^ (1 << 63)).to_be_bytes());
+    bytes.extend_from_slice(key);
+    bytes
+}
+
+fn decode_expiry(bytes: &[u8]) -> i64 {
+    (decode_plain(bytes) as u64 ^ (1 << 63)) as i64
+}
+
+/// An 8-byte big-endian i64 (callers slice exactly 8 bytes).
+fn decode_plain(bytes: &[u8]) -> i64 {
+    let mut word = [0; 8];
+    word.copy_from_slice(&bytes[..EXPIRY_BYTES]);
+    i64::from_be_bytes(word)
+}
