@@ -1,7 +1,7 @@
 //! `orderflow run`: wires config, inventory feed, shards, source and sink
 //! together, and shuts them down in the order that loses nothing.
 
-use crate::config::{Config, LogConfig, LogFormat, MetricsConfig};
+use crate::config::{AutoOffsetReset, Config, LogConfig, LogFormat, MetricsConfig};
 use crate::engine::Engine;
 use crate::inventory::Inventory;
 use crate::kafka::recovery::Recovery;
@@ -18,6 +18,7 @@ pub use crate::telemetry::Readiness;
 use anyhow::Context;
 use metrics_exporter_prometheus::PrometheusHandle;
 use rdkafka::consumer::{BaseConsumer, Consumer};
+use rdkafka::topic_partition_list::Offset;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -173,6 +174,10 @@ fn run_until_stopped(
         readiness: readiness.clone(),
         shutdown: shutdown.clone(),
         transactions,
+        start_without_commit: match config.kafka.auto_offset_reset {
+            AutoOffsetReset::Earliest => Offset::Beginning,
+            AutoOffsetReset::Latest => Offset::End,
+        },
     });
     let consumer: BaseConsumer<SourceContext> =
         kafka::orders_consumer_config(&config.kafka, transactional)

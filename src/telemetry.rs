@@ -47,6 +47,7 @@ pub const KAFKA_ERRORS_TOTAL: &str = "orderflow_kafka_errors_total";
 pub const OUTPUTS_REDELIVERED_TOTAL: &str = "orderflow_outputs_redelivered_total";
 pub const OUTPUTS_PENDING: &str = "orderflow_outputs_pending";
 pub const PARTITIONS_ASSIGNED: &str = "orderflow_partitions_assigned";
+pub const PARTITIONS_RESTORING: &str = "orderflow_partitions_restoring";
 pub const BUILD_INFO: &str = "orderflow_build_info";
 pub const PAYMENT_CAPTURES_TOTAL: &str = "orderflow_payment_captures_total";
 pub const PAYMENT_COMMANDS_TOTAL: &str = "orderflow_payment_commands_total";
@@ -66,7 +67,7 @@ pub enum Kind {
 
 /// Every metric this process exports, with its kind. Dashboards, alert
 /// rules and their tests are checked against this list.
-pub const METRICS: [(&str, Kind); 28] = [
+pub const METRICS: [(&str, Kind); 29] = [
     (ORDERS_TOTAL, Kind::Counter),
     (ORDERS_REJECTED_TOTAL, Kind::Counter),
     (DLQ_RECORDS_TOTAL, Kind::Counter),
@@ -87,6 +88,7 @@ pub const METRICS: [(&str, Kind); 28] = [
     (OUTPUTS_REDELIVERED_TOTAL, Kind::Counter),
     (OUTPUTS_PENDING, Kind::Gauge),
     (PARTITIONS_ASSIGNED, Kind::Gauge),
+    (PARTITIONS_RESTORING, Kind::Gauge),
     (BUILD_INFO, Kind::Gauge),
     (PAYMENT_CAPTURES_TOTAL, Kind::Counter),
     (PAYMENT_COMMANDS_TOTAL, Kind::Counter),
@@ -373,7 +375,11 @@ pub fn describe() {
     );
     describe_gauge!(
         PARTITIONS_ASSIGNED,
-        "Partitions of the orders topic this instance owns and decides."
+        "Partitions of the orders topic assigned to this instance (restoring or deciding)."
+    );
+    describe_gauge!(
+        PARTITIONS_RESTORING,
+        "Partitions assigned to this instance whose state is still being restored; none of their orders is decided until it ends."
     );
     describe_gauge!(
         BUILD_INFO,
@@ -481,6 +487,7 @@ pub fn init_series() {
     gauge!(OVERSOLD_UNITS).set(0.0);
     gauge!(OUTPUTS_PENDING).set(0.0);
     gauge!(PARTITIONS_ASSIGNED).set(0.0);
+    gauge!(PARTITIONS_RESTORING).set(0.0);
     gauge!(PAYMENTS_ATTENTION).set(0.0);
 }
 
@@ -1095,8 +1102,11 @@ pub fn consumer_lag(partition: i32, lag: Option<i64>) {
     gauge!(CONSUMER_LAG_MESSAGES, "partition" => partition.to_string()).set(lag as f64);
 }
 
-pub fn partitions_assigned(count: usize) {
-    gauge!(PARTITIONS_ASSIGNED).set(count as f64);
+/// Partitions assigned to this instance, and how many of them are still
+/// restoring.
+pub fn partitions_assigned(assigned: usize, restoring: usize) {
+    gauge!(PARTITIONS_ASSIGNED).set(assigned as f64);
+    gauge!(PARTITIONS_RESTORING).set(restoring as f64);
 }
 
 pub fn outputs_pending(pending: usize) {

@@ -133,9 +133,11 @@ impl ProcessorProcess {
         ])
     }
 
-    /// Partitions of `orders` this instance owns.
+    /// Partitions of `orders` this instance owns, their state restored.
     fn partitions(&self) -> Option<u64> {
-        self.metric(&["orderflow_partitions_assigned"])
+        let assigned = self.metric(&["orderflow_partitions_assigned"])?;
+        let restoring = self.metric(&["orderflow_partitions_restoring"])?;
+        assigned.checked_sub(restoring)
     }
 
     fn kill_9(mut self) {

@@ -255,11 +255,13 @@ impl Orderflow {
         processor
     }
 
-    /// Waits until this instance owns `partitions` partitions of `orders`.
+    /// Waits until this instance owns `partitions` partitions of `orders`,
+    /// their state restored: it decides their records from then on.
     fn wait_owning(&self, partitions: i32) {
         wait_for("the instance to own its partitions", TIMEOUT, || {
-            let owned = self.metric(&["orderflow_partitions_assigned"])?;
-            (owned == partitions as f64).then_some(())
+            let assigned = self.metric(&["orderflow_partitions_assigned"])?;
+            let restoring = self.metric(&["orderflow_partitions_restoring"])?;
+            (assigned == partitions as f64 && restoring == 0.0).then_some(())
         });
     }
 
@@ -622,5 +624,65 @@ fn no_broker_reachable_logs_a_repeated_error_once() {
     assert!(
         stderr.contains("all_brokers_down") || stderr.contains("transport"),
         "{stderr}"
+    );
+}
+
+/// With transactions, a commit whose offsets the group refuses
+/// (ILLEGAL_GENERATION: a rebalance raced it) is aborted, and the processor
+/// goes on instead of stopping: the partitions it owns are read again from
+/// their committed offsets, after their shards gave back what the aborted
+/// decisions reserved, and restored from the status topic. The mock shows
+/// an aborted transaction's records to read_committed consumers, so here
+/// the restore finds the aborted statuses and the records read again are
+/// replays; on a real broker they are invisible and decided again. Either
+/// way every order has one status and the stock is sold once: had the
+/// shard not given back its reservations, the restored ones would hold the
+/// stock twice and the second batch would sell nothing.
+#[test]
+fn a_commit_the_group_refuses_rewinds_to_the_committed_offsets_and_goes_on() {
+    const STOCK: usize = 30;
+    const BATCH: usize = 20;
+    let mock = Mock::start(1, 1);
+    mock.stock(&[
+        json!({"type": "stock_set", "sku": "SKU-1", "available": STOCK,
+                        "prices": {"USD": 100}}),
+    ]);
+    let processor = Orderflow::start(&mock, &["kafka.transactions=on"]);
+    processor.wait_owning(1);
+    // The next offsets sent to a transaction are refused; the start-up
+    // probe's were sent before.
+    mock.cluster.request_errors(
+        RDKafkaApiKey::TxnOffsetCommit,
+        &[RDKafkaRespErr::RD_KAFKA_RESP_ERR_ILLEGAL_GENERATION],
+    );
+    let batch = |from: usize| -> Vec<_> {
+        (from..from + BATCH)
+            .map(|i| record(&order(&format!("o-{i}"), "SKU-1")))
+            .collect()
+    };
+    produce_with(&mock.producer(), "orders", &batch(0));
+    // Every record of the aborted transaction is read again.
+    wait_for("the first batch to be read again", TIMEOUT, || {
+        let read = processor.metric(&[
+            "orderflow_orders_total{outcome=\"accepted\"}",
+            "orderflow_orders_total{outcome=\"rejected\"}",
+            "orderflow_records_replayed_total",
+        ])?;
+        (read >= 2.0 * BATCH as f64).then_some(())
+    });
+    produce_with(&mock.producer(), "orders", &batch(BATCH));
+    mock.wait_for_statuses("a status for every order", |s| s.len() == 2 * BATCH);
+    let statuses = mock.statuses();
+    for (id, got) in &statuses {
+        assert_eq!(got.len(), 1, "{id}: {got:?}");
+    }
+    let accepted = statuses.values().filter(|s| s[0] == "accepted").count();
+    println!("{} orders, {accepted} accepted of {STOCK} units", 2 * BATCH);
+    assert_eq!(accepted, STOCK, "the stock is sold once, all of it");
+    let (status, stderr) = processor.stop_within(TIMEOUT);
+    assert!(status.success(), "exit {status}: {stderr}");
+    assert!(
+        stderr.contains("a rebalance raced the transaction's commit"),
+        "the rewind is logged:\n{stderr}"
     );
 }

@@ -97,6 +97,27 @@ impl Ownership {
             .count()
     }
 
+    /// Partitions owned (restored, not being handed over), in order.
+    pub fn owned(&self) -> Vec<i32> {
+        let mut owned: Vec<i32> = self
+            .stages
+            .iter()
+            .filter(|(_, s)| **s == Stage::Owned)
+            .map(|(p, _)| *p)
+            .collect();
+        owned.sort_unstable();
+        owned
+    }
+
+    /// Partitions assigned whose state is still being restored: counted in
+    /// `assigned`, not yet decided.
+    pub fn restoring(&self) -> usize {
+        self.stages
+            .values()
+            .filter(|s| matches!(s, Stage::Restoring(_)))
+            .count()
+    }
+
     /// Whether every one of `partitions` partitions is owned.
     pub fn owns_all(&self, partitions: usize) -> bool {
         self.stages.len() == partitions && self.stages.values().all(|s| *s == Stage::Owned)
@@ -349,6 +370,7 @@ mod tests {
         let job = ownership.assign(&[0, 1]).unwrap();
         assert_eq!(ownership.verdict(0), Verdict::Refuse, "restoring");
         assert_eq!(ownership.verdict(7), Verdict::Drop, "not assigned");
+        assert_eq!((ownership.assigned(), ownership.restoring()), (2, 2));
         assert_eq!(
             ownership.restored(job.id),
             Restored {
@@ -357,6 +379,7 @@ mod tests {
             }
         );
         assert_eq!(ownership.verdict(0), Verdict::Dispatch);
+        assert_eq!((ownership.assigned(), ownership.restoring()), (2, 0));
         ownership.revoke(&[0]);
         assert_eq!(ownership.verdict(0), Verdict::Drop, "being handed over");
         assert_eq!(ownership.verdict(1), Verdict::Dispatch);

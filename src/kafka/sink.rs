@@ -144,6 +144,8 @@ pub struct Gate {
     doom_reason: parking_lot::Mutex<Option<String>>,
     /// Transactions committed so far.
     committed: AtomicU64,
+    /// A dead letter of an `inventory` record is in the open transaction.
+    inventory_dead_letters: AtomicBool,
 }
 
 impl Gate {
@@ -153,7 +155,14 @@ impl Gate {
             doomed: AtomicBool::new(false),
             doom_reason: parking_lot::Mutex::new(None),
             committed: AtomicU64::new(0),
+            inventory_dead_letters: AtomicBool::new(false),
         }
+    }
+
+    /// Whether a dead letter of an `inventory` record is in the open
+    /// transaction (an abort loses it; see `transaction`).
+    pub fn held_inventory_dead_letters(&self) -> bool {
+        self.inventory_dead_letters.load(Ordering::Acquire)
     }
 
     /// Counts a committed transaction.
@@ -194,10 +203,11 @@ impl Gate {
             .unwrap_or_else(|| "an output could not be delivered".into())
     }
 
-    /// A new transaction starts with nothing lost.
+    /// A new transaction starts with nothing lost and nothing in it.
     pub fn reset_doom(&self) {
         self.doom_reason.lock().take();
         self.doomed.store(false, Ordering::Release);
+        self.inventory_dead_letters.store(false, Ordering::Release);
     }
 }
 
@@ -655,6 +665,14 @@ fn send_until_queued(producer: &ThreadedProducer<SinkContext>, shared: &Shared, 
             }
         },
     };
+    if let Some(gate) = shared.gate.as_deref() {
+        if matches!(
+            token::unpack(delivery.token),
+            Some((token::Source::Inventory, _, _))
+        ) {
+            gate.inventory_dead_letters.store(true, Ordering::Release);
+        }
+    }
     let mut base = BaseRecord::with_opaque_to(&record.topic, delivery);
     if let Some(partition) = record.partition {
         base = base.partition(partition);

@@ -26,7 +26,9 @@
 //! - With Kafka transactions ([`Transactions`]) the consumer instead stops
 //!   dispatching every `engine.commit_interval_ms`, at a revoke and at
 //!   shutdown, waits until everything dispatched is decided and
-//!   acknowledged, and commits the offsets inside the transaction.
+//!   acknowledged, and commits the offsets inside the transaction. A
+//!   commit the group refused because a rebalance raced it rewinds the
+//!   partitions still owned (see [`Source::rewind`]).
 //! - [`Flow`] pauses and resumes partitions and sets readiness: restoring
 //!   and revoking partitions are paused; owned ones while the outputs in
 //!   flight are over their bound ([`max_outputs_in_flight`]), and, with
@@ -64,6 +66,8 @@ const POLL_TIMEOUT: Duration = Duration::from_millis(100);
 const DISPATCH_RETRY: Duration = Duration::from_millis(100);
 /// How often pausing and readiness are brought up to date between records.
 const FLOW_INTERVAL: Duration = Duration::from_millis(5);
+/// How long a rewind may wait for the committed offsets, and to seek.
+const REWIND_TIMEOUT: Duration = Duration::from_secs(30);
 /// Outputs in flight allowed per record the shard queues can hold; see
 /// [`max_outputs_in_flight`].
 pub const OUTPUTS_IN_FLIGHT_PER_QUEUED_RECORD: usize = 8;
@@ -238,6 +242,9 @@ pub struct SourceSetup {
     pub shutdown: Shutdown,
     /// Kafka transactions, if on: offsets are committed inside them.
     pub transactions: Option<Transactions>,
+    /// Where a partition without a committed offset starts
+    /// (`kafka.auto_offset_reset`): `Beginning` or `End`.
+    pub start_without_commit: Offset,
 }
 
 /// The poll loop's state; used by one thread only.
@@ -263,6 +270,7 @@ pub struct Source {
     partitions: usize,
     /// See [`max_outputs_in_flight`].
     max_outputs_in_flight: usize,
+    start_without_commit: Offset,
 }
 
 impl Source {
@@ -289,6 +297,7 @@ impl Source {
             transactions: setup.transactions,
             partitions: setup.partitions,
             max_outputs_in_flight: setup.max_outputs_in_flight,
+            start_without_commit: setup.start_without_commit,
         }
     }
 
@@ -384,20 +393,7 @@ impl Source {
                 Change::Assigned(partitions) => {
                     tracing::info!(?partitions, "partitions assigned; restoring their state");
                     self.flow.paused_by_consumer(&partitions);
-                    if let Some(job) = self.ownership.assign(&partitions) {
-                        let released = partitions
-                            .iter()
-                            .filter_map(|p| self.releasing.remove(p))
-                            .collect();
-                        let cancel = Shutdown::new();
-                        self.cancels.insert(job.id, cancel.clone());
-                        self.restores.submit(RestoreJob {
-                            id: job.id,
-                            partitions: job.partitions,
-                            released,
-                            cancel,
-                        });
-                    }
+                    self.restore(&partitions);
                 }
                 Change::Revoked(partitions) => {
                     tracing::info!(
@@ -443,8 +439,100 @@ impl Source {
                 cancel.trigger();
             }
         }
-        telemetry::partitions_assigned(self.ownership.assigned());
+        self.report_partitions();
         self.update_flow(consumer);
+    }
+
+    /// Starts restoring `partitions`, assigned and paused: a job waits for
+    /// what their shards are still giving back, then reads their state.
+    fn restore(&mut self, partitions: &[i32]) {
+        let Some(job) = self.ownership.assign(partitions) else {
+            return;
+        };
+        let released = partitions
+            .iter()
+            .filter_map(|p| self.releasing.remove(p))
+            .collect();
+        let cancel = Shutdown::new();
+        self.cancels.insert(job.id, cancel.clone());
+        self.restores.submit(RestoreJob {
+            id: job.id,
+            partitions: job.partitions,
+            released,
+            cancel,
+        });
+    }
+
+    /// After a transaction the group refused (a rebalance raced its
+    /// commit) was aborted: every partition still owned is decided again
+    /// from its committed offset. Paused, its shard gives back what its
+    /// book holds, its position is moved to the committed offset, and its
+    /// state is restored from the committed statuses, as after a new
+    /// assignment. Partitions being handed over need nothing: their next
+    /// owner starts from the same committed offset. False, with the
+    /// processor stopping, if the committed offsets cannot be read.
+    fn rewind(&mut self, consumer: &BaseConsumer<SourceContext>, cause: &str) -> bool {
+        let owned = self.ownership.owned();
+        tracing::warn!(
+            partitions = ?owned,
+            %cause,
+            "a rebalance raced the transaction's commit, and it was aborted: the partitions \
+             still owned are decided again from their committed offsets"
+        );
+        telemetry::kafka_error(KafkaErrorKind::Transaction, cause);
+        if owned.is_empty() {
+            return true;
+        }
+        let tpl = self.list(&owned);
+        // Pausing and seeking both discard what was fetched before them.
+        if let Err(error) = consumer.pause(&tpl) {
+            telemetry::kafka_error(KafkaErrorKind::Client, &error.to_string());
+        }
+        self.flow.paused_by_consumer(&owned);
+        let positions = match self.committed_positions(consumer, &tpl) {
+            Ok(positions) => positions,
+            Err(error) => {
+                self.shutdown.fail(TransactionError::Aborted {
+                    cause: format!("{cause}; then reading the committed offsets: {error}"),
+                });
+                return false;
+            }
+        };
+        if let Err(error) = consumer.seek_partitions(positions, REWIND_TIMEOUT) {
+            self.shutdown.fail(TransactionError::Aborted {
+                cause: format!("{cause}; then seeking to the committed offsets: {error}"),
+            });
+            return false;
+        }
+        self.ownership.lose(&owned);
+        for partition in &owned {
+            self.dispatched.remove(partition);
+            self.tracker.forget(*partition);
+            self.release(*partition);
+        }
+        self.restore(&owned);
+        self.report_partitions();
+        true
+    }
+
+    /// The committed offset of each of `tpl`'s partitions, or where the
+    /// group starts without one (`kafka.auto_offset_reset`).
+    fn committed_positions(
+        &self,
+        consumer: &BaseConsumer<SourceContext>,
+        tpl: &TopicPartitionList,
+    ) -> Result<TopicPartitionList, KafkaError> {
+        let positions = consumer.committed_offsets(tpl.clone(), REWIND_TIMEOUT)?;
+        for mut element in positions.elements() {
+            if !matches!(element.offset(), Offset::Offset(_)) {
+                element.set_offset(self.start_without_commit)?;
+            }
+        }
+        Ok(positions)
+    }
+
+    fn report_partitions(&self) {
+        telemetry::partitions_assigned(self.ownership.assigned(), self.ownership.restoring());
     }
 
     /// Hands restored books to their shards (the partitions are owned
@@ -476,6 +564,7 @@ impl Source {
                     return false;
                 }
             }
+            self.report_partitions();
         }
         true
     }
@@ -511,7 +600,7 @@ impl Source {
             }
             self.unassign(consumer, &revoke.partitions);
             tracing::info!(partitions = ?revoke.partitions, "partitions handed over");
-            telemetry::partitions_assigned(self.ownership.assigned());
+            self.report_partitions();
         }
     }
 
@@ -596,9 +685,15 @@ impl Source {
     /// Transactional mode: waits until every dispatched record is decided
     /// and all outputs are acknowledged, then commits the transaction with
     /// the consumed offsets and begins the next (unless `next` is
-    /// `Finish`). A failure aborts it and stops the processor (see
-    /// [`Shutdown::fail`]); returns false then (and after any failure).
-    pub fn commit_transaction(&self, consumer: &BaseConsumer<SourceContext>, next: Next) -> bool {
+    /// `Finish`). A commit the group refused because a rebalance raced it
+    /// rewinds the partitions still owned ([`Source::rewind`]); any other
+    /// failure aborts it and stops the processor (see [`Shutdown::fail`]);
+    /// returns false then (and after any failure).
+    pub fn commit_transaction(
+        &mut self,
+        consumer: &BaseConsumer<SourceContext>,
+        next: Next,
+    ) -> bool {
         let Some(transactions) = &self.transactions else {
             return true;
         };
@@ -614,6 +709,7 @@ impl Source {
             transactions.commit(&offsets, consumer.group_metadata().as_ref(), next);
         match committed {
             Ok(()) => true,
+            Err(TransactionError::Rebalanced { cause }) => self.rewind(consumer, &cause),
             Err(error) => {
                 self.shutdown.fail(error);
                 false

@@ -12,9 +12,15 @@
 //!
 //! A commit that fails for good leaves the in-memory state (order books,
 //! reservations) ahead of what was committed. The processor does not go on
-//! with it: the transaction is aborted and the processor stops with an
-//! error, so the supervisor restarts it and it restores from the committed
-//! statuses.
+//! with it. Where the group's generation moved on under the commit (a
+//! rebalance raced it: ILLEGAL_GENERATION, UNKNOWN_MEMBER_ID,
+//! REBALANCE_IN_PROGRESS), the transaction is aborted, the next begun, and
+//! the source rewinds every partition it still owns: gives back what their
+//! books hold, seeks them to their committed offsets and restores their
+//! state from the committed statuses, as Kafka Streams does on a migrated
+//! task. Any other failure aborts the transaction and stops the processor
+//! with an error, so the supervisor restarts it and it restores from the
+//! committed statuses.
 //!
 //! Brokers without transactions (tansu: EndTxn unsupported) are found at
 //! start by committing one probe transaction. An empty transaction would
@@ -71,6 +77,12 @@ pub enum TransactionError {
          restarting it restores the state from the committed statuses"
     )]
     Aborted { cause: String },
+    #[error(
+        "the consumer group moved on while a transaction was being committed ({cause}): it \
+         was aborted, a new one begun, and the partitions still owned are to be rewound to \
+         their committed offsets and restored"
+    )]
+    Rebalanced { cause: String },
     #[error("kafka client: {0}")]
     Kafka(#[from] KafkaError),
 }
@@ -279,7 +291,7 @@ impl Transactions {
         }
         let deadline = Instant::now() + self.timeout;
         let mut committed = if gate.doomed() {
-            Err(gate.doom_reason())
+            Err(Failure::Doomed(gate.doom_reason()))
         } else {
             retrying(deadline, || match (offsets.count(), group) {
                 (0, _) => Ok(()),
@@ -289,29 +301,53 @@ impl Transactions {
                 (_, None) => Err(KafkaError::Canceled), // no group: cannot happen
             })
             .and_then(|()| retrying(deadline, || producer.commit_transaction(self.timeout)))
+            .map_err(Failure::Kafka)
         };
         if committed.is_ok() {
             gate.committed();
         }
         if committed.is_ok() && next == Next::Begin {
             gate.reset_doom();
-            committed = producer.begin_transaction().map_err(|e| e.to_string());
+            committed = producer.begin_transaction().map_err(Failure::Kafka);
         }
-        match committed {
+        let failure = match committed {
             Ok(()) => {
                 *state = match next {
                     Next::Begin => TxnState::Open,
                     Next::Finish => TxnState::Finished,
                 };
-                Ok(())
+                return Ok(());
             }
-            Err(cause) => {
-                *state = TxnState::Finished;
-                if let Err(error) = producer.abort_transaction(self.timeout) {
-                    tracing::warn!(%error, "aborting the failed transaction");
-                }
-                Err(TransactionError::Aborted { cause })
+            Err(failure) => failure,
+        };
+        *state = TxnState::Finished;
+        let aborted = producer.abort_transaction(self.timeout);
+        if let Err(error) = &aborted {
+            tracing::warn!(%error, "aborting the failed transaction");
+        }
+        let cause = failure.to_string();
+        // The group moved on between the offsets' generation and their
+        // commit (a rebalance raced it): nothing of the transaction is
+        // visible, so the source can rewind its partitions instead of the
+        // processor stopping. Not if inventory dead letters were in it: the
+        // inventory feed does not read its records again (see
+        // `inventory_feed`), so only a restart sends them again.
+        let rewind = next == Next::Begin
+            && aborted.is_ok()
+            && failure.group_moved_on()
+            && !gate.held_inventory_dead_letters();
+        if !rewind {
+            return Err(TransactionError::Aborted { cause });
+        }
+        gate.reset_doom();
+        match producer.begin_transaction() {
+            Ok(()) => {
+                *state = TxnState::Open;
+                Err(TransactionError::Rebalanced { cause })
             }
+            Err(error) => Err(TransactionError::Aborted {
+                cause: format!("{cause}; then beginning the next transaction: {error}"),
+            }),
         }
     }
 
@@ -331,13 +367,40 @@ impl Transactions {
     }
 }
 
+/// Why a commit failed.
+#[derive(Debug, thiserror::Error)]
+enum Failure {
+    /// A record of the transaction was lost.
+    #[error("{0}")]
+    Doomed(String),
+    #[error("{0}")]
+    Kafka(KafkaError),
+}
+
+impl Failure {
+    /// The consumer group's generation moved on (a rebalance, or this
+    /// member was expired): the offsets were refused, the producer is fine.
+    fn group_moved_on(&self) -> bool {
+        let Failure::Kafka(KafkaError::Transaction(error)) = self else {
+            return false;
+        };
+        !error.is_fatal()
+            && matches!(
+                error.code(),
+                RDKafkaErrorCode::IllegalGeneration
+                    | RDKafkaErrorCode::UnknownMemberId
+                    | RDKafkaErrorCode::RebalanceInProgress
+            )
+    }
+}
+
 /// Runs `step` until it succeeds, fails for good, or `deadline` passes;
 /// a retriable failure (librdkafka says so, or a timeout) is retried after
 /// a backoff.
 fn retrying(
     deadline: Instant,
     mut step: impl FnMut() -> Result<(), KafkaError>,
-) -> Result<(), String> {
+) -> Result<(), KafkaError> {
     let mut backoff = RETRY_BACKOFF_MIN;
     loop {
         let error = match step() {
@@ -354,7 +417,7 @@ fn retrying(
             &error.to_string(),
         );
         if !retriable || Instant::now() + backoff >= deadline {
-            return Err(error.to_string());
+            return Err(error);
         }
         tracing::warn!(%error, retry_in_ms = backoff.as_millis() as u64,
             "committing the transaction failed; trying again");
