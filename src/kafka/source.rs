@@ -468,9 +468,10 @@ impl Source {
     /// from its committed offset. Paused, its shard gives back what its
     /// book holds, its position is moved to the committed offset, and its
     /// state is restored from the committed statuses, as after a new
-    /// assignment. Partitions being handed over need nothing: their next
-    /// owner starts from the same committed offset. False, with the
-    /// processor stopping, if the committed offsets cannot be read.
+    /// assignment. Partitions being handed over are handed over with
+    /// nothing more committed: their next owner starts from the same
+    /// committed offset. False, with the processor stopping, if the
+    /// committed offsets cannot be read or sought.
     fn rewind(&mut self, consumer: &BaseConsumer<SourceContext>, cause: &str) -> bool {
         let owned = self.ownership.owned();
         tracing::warn!(
@@ -480,6 +481,13 @@ impl Source {
              still owned are decided again from their committed offsets"
         );
         telemetry::kafka_error(KafkaErrorKind::Transaction, cause);
+        // What partitions being handed over decided was aborted too: no
+        // later transaction may commit their offsets past it.
+        let revoking: Vec<i32> = self.ownership.revoking().collect();
+        for partition in revoking {
+            self.dispatched.remove(&partition);
+            self.tracker.forget(partition);
+        }
         if owned.is_empty() {
             return true;
         }
@@ -489,18 +497,21 @@ impl Source {
             telemetry::kafka_error(KafkaErrorKind::Client, &error.to_string());
         }
         self.flow.paused_by_consumer(&owned);
-        let positions = match self.committed_positions(consumer, &tpl) {
-            Ok(positions) => positions,
-            Err(error) => {
-                self.shutdown.fail(TransactionError::Aborted {
-                    cause: format!("{cause}; then reading the committed offsets: {error}"),
-                });
-                return false;
-            }
-        };
-        if let Err(error) = consumer.seek_partitions(positions, REWIND_TIMEOUT) {
+        let sought = self
+            .committed_positions(consumer, &tpl)
+            .map_err(|e| format!("reading the committed offsets: {e}"))
+            .and_then(|positions| {
+                let sought = consumer
+                    .seek_partitions(positions, REWIND_TIMEOUT)
+                    .map_err(|e| format!("seeking to the committed offsets: {e}"))?;
+                match sought.elements().iter().find_map(|e| e.error().err()) {
+                    Some(e) => Err(format!("seeking to the committed offsets: {e}")),
+                    None => Ok(()),
+                }
+            });
+        if let Err(error) = sought {
             self.shutdown.fail(TransactionError::Aborted {
-                cause: format!("{cause}; then seeking to the committed offsets: {error}"),
+                cause: format!("{cause}; then {error}"),
             });
             return false;
         }
