@@ -8,7 +8,9 @@
 //! semaphore (`payments.http_max_in_flight`); a full adapter stops reading.
 
 use super::{http, result_json, simulated, AdapterKind, Answer, CommandHead};
+use crate::kafka::{error_kind, ReaderContext};
 use crate::shutdown::Shutdown;
+use crate::telemetry;
 use bytes::Bytes;
 use rdkafka::consumer::{CommitMode, Consumer, StreamConsumer};
 use rdkafka::message::Message;
@@ -81,13 +83,16 @@ pub fn spawn(
     // runtime they are created in.
     let (consumer, producer) = {
         let _in_runtime = runtime.enter();
-        let consumer: StreamConsumer = setup.consumer.create()?;
+        // Their errors are counted and a repeated one is logged once per
+        // interval (telemetry), as the processor's own clients do.
+        let consumer: StreamConsumer<ReaderContext> =
+            setup.consumer.create_with_context(ReaderContext)?;
         consumer.subscribe(&[&setup.requests_topic])?;
-        let producer: FutureProducer = setup
+        let producer: FutureProducer<ReaderContext> = setup
             .producer
             .clone()
             .set("enable.idempotence", "true")
-            .create()?;
+            .create_with_context(ReaderContext)?;
         (consumer, producer)
     };
     let adapter = Adapter {
@@ -106,8 +111,8 @@ pub fn spawn(
 }
 
 struct Adapter {
-    consumer: StreamConsumer,
-    producer: FutureProducer,
+    consumer: StreamConsumer<ReaderContext>,
+    producer: FutureProducer<ReaderContext>,
     gateway: Option<Arc<http::Gateway>>,
     requests_topic: String,
     results_topic: String,
@@ -168,7 +173,7 @@ impl Adapter {
             let message = match tokio::time::timeout(RECV_TIMEOUT, self.consumer.recv()).await {
                 Err(_) => continue,
                 Ok(Err(error)) => {
-                    tracing::warn!(%error, "reading payment commands");
+                    telemetry::kafka_error(error_kind(&error), &error.to_string());
                     continue;
                 }
                 Ok(Ok(message)) => message,
@@ -227,7 +232,7 @@ impl Adapter {
 
 /// Writes the result; true once the broker acknowledged it.
 async fn answer_to(
-    producer: &FutureProducer,
+    producer: &FutureProducer<ReaderContext>,
     topic: &str,
     partition: i32,
     head: &CommandHead,
