@@ -720,6 +720,15 @@ impl Source {
             transactions.commit(&offsets, consumer.group_metadata().as_ref(), next);
         match committed {
             Ok(()) => true,
+            Err(TransactionError::Rebalanced { cause }) if next == Next::Finish => {
+                tracing::warn!(
+                    %cause,
+                    "a rebalance raced the last transaction's commit at shutdown, and it was \
+                     aborted: the next owner decides its records from the committed offsets"
+                );
+                telemetry::kafka_error(KafkaErrorKind::Transaction, &cause);
+                true
+            }
             Err(TransactionError::Rebalanced { cause }) => self.rewind(consumer, &cause),
             Err(error) => {
                 self.shutdown.fail(error);

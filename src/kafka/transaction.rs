@@ -332,12 +332,15 @@ impl Transactions {
         // processor stopping. Not if inventory dead letters were in it: the
         // inventory feed does not read its records again (see
         // `inventory_feed`), so only a restart sends them again.
-        let rewind = next == Next::Begin
-            && aborted.is_ok()
-            && failure.group_moved_on()
-            && !gate.held_inventory_dead_letters();
+        let rewind =
+            aborted.is_ok() && failure.group_moved_on() && !gate.held_inventory_dead_letters();
         if !rewind {
             return Err(TransactionError::Aborted { cause });
+        }
+        if next == Next::Finish {
+            // Stopping anyway: the next owner decides them from the
+            // committed offsets.
+            return Err(TransactionError::Rebalanced { cause });
         }
         gate.reset_doom();
         match producer.begin_transaction() {
