@@ -15,34 +15,35 @@
 //! per-customer holdings only exist for SKUs with a limit (none here;
 //! there they are bounded by the units sold), and librdkafka's queues are
 //! capped by its settings. The first half is the warm-up: the consumer's
-//! prefetch queue fills to its cap (`queued.max.messages.kbytes`, 64 MiB;
-//! the sale was produced before the processor started), and the
-//! allocator's per-thread arenas reach their working size. Measured here
-//! (2026-12-01, a loaded two-core machine): 118 MiB at a tenth, 167 MiB
-//! half-way, 168 MiB at the end, +0.8 %; with the prefetch cap set to
-//! 16 MiB the level is 47 MiB lower and again flat (+0 %). A book that
+//! prefetch queue fills to its cap (config/default.toml's
+//! `[kafka.consumer]`: 4,096 records per partition, 16 MiB; the sale was
+//! produced before the processor started), and the allocator's per-thread
+//! arenas reach their working size. Measured here (2026-12-02, release,
+//! this 2-core VM, one run after the other): 53.6 MiB at a tenth, 53.9 MiB
+//! half-way, 54.8 MiB at the end, +1.6 %, the sale decided in 9.0 s; with
+//! librdkafka's own prefetch (100,000 records per partition, 64 MiB, 1 s
+//! fetch backoff) 121 MiB half-way, 0 %, decided in 8.5 s. A book that
 //! kept every order (`ORDERFLOW_MEMORY_TEST_SET=engine.dedup_window_orders=1000000`)
-//! grows by 42 MiB, +19.8 %, in the second half, and fails this test.
-//! 10 % of the half-way level (17 MiB) is 85 bytes per record of the
-//! second half: a per-order leak below that would pass, anything the size
-//! of an order's state would not.
+//! grew by 42 MiB, +19.8 %, in the second half (2026-12-01), and fails
+//! this test. 10 % of the half-way level (5.4 MiB) is 28 bytes per record
+//! of the second half: a per-order leak below that would pass, anything
+//! the size of an order's state would not.
 //!
 //! The in-process payment adapter is off (`payments.adapter =
-//! "external"`): with it on, resident memory rises in the sale's second
-//! half, not yet explained. Measured 2026-12-02 (release, this 2-core
-//! VM): with the adapter consumer's prefetch at librdkafka's default
-//! (64 MiB), +17.3 % (176 to 207 MiB); with it capped at 4 MiB (as
-//! shipped, `payments::adapter`), +3.7 % in one run, then +9.1 %, +20.4 %
-//! and +27.6 % in three more (steps of 30 to 40 MiB between two samples,
-//! once flat again after); with the outputs in flight bounded at 8,192
-//! (`engine.shard_queue_records=512`) still +26 %; with the orders
-//! consumer's prefetch at 16 MiB, flat at 95 MiB until 344,000 records,
-//! then +63 MiB by the end; with glibc held to two malloc arenas
-//! (`MALLOC_ARENA_MAX=2`), +3.3 %, +25.7 % and +0.7 % in three runs, so not
-//! the arenas alone. With the adapter off, the same build: +1.4 %, +4.9 %.
-//! The results of captures are appended to `orders` behind the sale, for
-//! orders long gone from the window; what they make the processor hold
-//! is the open question of issue 12.
+//! "external"`): with it on, resident memory rises in steps, not yet
+//! explained (issue 12). Measured 2026-12-02 with the prefetch above:
+//! 70 MiB until 152,000 records, 105 MiB from 210,000, 122 MiB at the end
+//! (+15.7 %). With the sale produced while the processor runs (payment
+//! results then come between the orders): flat at 44 to 47 MiB for the
+//! whole sale, then about 20 MiB more in one malloc arena within two
+//! seconds of the sale's end, flat after; with the adapter off the same
+//! run was flat at 39 MiB (0.0 %). Earlier figures, with librdkafka's
+//! prefetch: +3.7 % to +27.6 % in five runs, steps of 30 to 40 MiB; not
+//! the producer queue (outputs in flight bounded at 8,192: +26 %), not
+//! glibc's arenas alone (`MALLOC_ARENA_MAX=2`: +3.3 %, +25.7 %, +0.7 %).
+//! heaptrack shows the heap itself (not only resident pages) swinging by
+//! 30 to 40 MiB within a second, but its backtraces of this release build
+//! are garbled, so the allocation site is not known.
 //! The release binary is built by this test (`cargo build --release`,
 //! nothing to do when it is current; scripts/test.sh builds it first).
 
