@@ -30,20 +30,36 @@
 //! the size of an order's state would not.
 //!
 //! The in-process payment adapter is off (`payments.adapter =
-//! "external"`): with it on, resident memory rises in steps, not yet
-//! explained (issue 12). Measured 2026-12-02 with the prefetch above:
-//! 70 MiB until 152,000 records, 105 MiB from 210,000, 122 MiB at the end
-//! (+15.7 %). With the sale produced while the processor runs (payment
-//! results then come between the orders): flat at 44 to 47 MiB for the
-//! whole sale, then about 20 MiB more in one malloc arena within two
-//! seconds of the sale's end, flat after; with the adapter off the same
-//! run was flat at 39 MiB (0.0 %). Earlier figures, with librdkafka's
-//! prefetch: +3.7 % to +27.6 % in five runs, steps of 30 to 40 MiB; not
-//! the producer queue (outputs in flight bounded at 8,192: +26 %), not
-//! glibc's arenas alone (`MALLOC_ARENA_MAX=2`: +3.3 %, +25.7 %, +0.7 %).
-//! heaptrack shows the heap itself (not only resident pages) swinging by
-//! 30 to 40 MiB within a second, but its backtraces of this release build
-//! are garbled, so the allocation site is not known.
+//! "external"`): with it on, resident memory rises in steps (issue 12),
+//! and what it holds is not fully known. What was measured on 2026-12-02
+//! (release, this VM; `ORDERFLOW_MEMORY_TEST_SET`, and for the compressed
+//! sale a local variant of this test whose producer used lz4):
+//!
+//! | adapter | compressed with lz4 | half-way | end | growth |
+//! | --- | --- | --- | --- | --- |
+//! | off | outputs | 54 MiB | 55 MiB | +1.6 % |
+//! | off | outputs and the sale | 108 MiB | 110 MiB | +1.9 % |
+//! | on | nothing (`kafka.producer.compression.type=none`) | 56, 59 MiB | 57, 60 MiB | +2.9 %, +1.1 % |
+//! | on | outputs and results (as before) | 105 MiB | 122 MiB | +15.7 % |
+//! | on | outputs, sale and results | 136 MiB | 167 MiB | +22.3 % |
+//! | on | outputs, not results (as shipped, `payments::adapter`) | 92, 89 MiB | 91, 90 MiB | 0.0 %, +1.6 % |
+//! | on, `max.partition.fetch.bytes` 256 KiB | outputs | 63 MiB | 63 MiB | +1.0 % |
+//!
+//! So compressed input costs the consumers far more than its payload
+//! (librdkafka bounds its prefetch by records and payload bytes; a fetch
+//! of 1 MiB of lz4 per partition decompresses to many times that), and the
+//! lz4 batches of a few results each, read back among the orders, made the
+//! steps that failed this test. With results uncompressed the runs passed,
+//! but a step of 25 MiB (8 MiB with smaller fetches) still came, between
+//! 100,000 and 180,000 records, while the processor read orders only: it
+//! comes from the adapter's side (reading lz4 payment commands), and had
+//! it come after half-way it would have failed the test. Earlier runs, with
+//! librdkafka's prefetch: +3.7 % to +27.6 % in five runs; not the producer
+//! queue (outputs in flight bounded at 8,192: +26 %), not glibc's arenas
+//! alone (`MALLOC_ARENA_MAX=2`: +3.3 %, +25.7 %, +0.7 %). heaptrack's
+//! backtraces of this build were garbled; massif (valgrind) gave clean ones
+//! on a sale of 20,000 orders: librdkafka's per-record ops of fetched
+//! records, fetch buffers and lz4 decompression buffers lead at the peak.
 //! The release binary is built by this test (`cargo build --release`,
 //! nothing to do when it is current; scripts/test.sh builds it first).
 
