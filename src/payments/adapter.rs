@@ -5,7 +5,8 @@
 //! At least once: a command's offset is stored for commit only once its
 //! result is acknowledged by the broker, and only up to the oldest command
 //! still unanswered in its partition. Calls in flight are bounded by a
-//! semaphore (`payments.http_max_in_flight`); a full adapter stops reading.
+//! semaphore (`payments.http_max_in_flight` for HTTP, `SIMULATED_MAX_IN_FLIGHT`
+//! for the simulated gateway); a full adapter stops reading.
 
 use super::{http, result_json, simulated, AdapterKind, Answer, CommandHead};
 use crate::kafka::{error_kind, ReaderContext};
@@ -36,6 +37,26 @@ const SHUTDOWN_TIMEOUT: Duration = Duration::from_secs(30);
 /// commands (after an outage, or while decisions outrun the gateway) then
 /// stays on the broker instead of in the processor's memory.
 const PREFETCH_KBYTES: &str = "4096";
+/// The commands per partition the consumer reads ahead (librdkafka's
+/// `queued.min.messages`; the processor's own consumers read 4,096
+/// ahead): a few times the calls in flight.
+const PREFETCH_COMMANDS: &str = "512";
+/// What one fetch brings per partition and in all (librdkafka's
+/// `max.partition.fetch.bytes`, 1 MiB, and `fetch.max.bytes`, 50 MiB; a
+/// larger record still comes, and `fetch.max.bytes` is raised to
+/// `message.max.bytes`). Commands come lz4-compressed with the
+/// processor's other outputs, and each fetched batch is decompressed into
+/// a buffer that lives as long as any of its commands: with librdkafka's
+/// sizes the adapter, catching up, held tens of MiB that the allocator
+/// kept (`tests/broker_memory.rs`: +34 MiB, +41.8 % from half-way; with
+/// these, 0.0 %). 64 KiB of lz4 is about a thousand commands.
+const FETCH_PARTITION_BYTES: &str = "65536";
+const FETCH_MAX_BYTES: &str = "1048576";
+/// Calls in flight with the `simulated` adapter, whose answers are
+/// immediate: what waits is the result's delivery to the broker
+/// (`linger.ms` and the acknowledgement), so the bound is on results not
+/// yet acknowledged. `payments.http_max_in_flight` bounds HTTP calls.
+const SIMULATED_MAX_IN_FLIGHT: usize = 1024;
 /// Results are written uncompressed, whatever `kafka.producer` says. A
 /// result is about 200 bytes and the adapter sends a few at a time, so
 /// each lz4 batch held a handful; read back by the processor among the
@@ -64,6 +85,7 @@ pub struct AdapterSetup {
     pub results_topic: String,
     pub http_url: String,
     pub http_timeout: Duration,
+    /// HTTP calls in flight at most (`payments.http_max_in_flight`).
     pub max_in_flight: usize,
 }
 
@@ -73,14 +95,20 @@ pub fn spawn(
     mut setup: AdapterSetup,
     shutdown: Shutdown,
 ) -> Result<Option<std::thread::JoinHandle<()>>, AdapterError> {
-    let gateway = match setup.kind {
+    let (gateway, max_in_flight) = match setup.kind {
         AdapterKind::External => return Ok(None),
-        AdapterKind::Simulated => None,
-        AdapterKind::Http => Some(http::Gateway::new(&setup.http_url, setup.http_timeout)?),
+        AdapterKind::Simulated => (None, SIMULATED_MAX_IN_FLIGHT),
+        AdapterKind::Http => (
+            Some(http::Gateway::new(&setup.http_url, setup.http_timeout)?),
+            setup.max_in_flight.max(1),
+        ),
     };
     setup
         .consumer
         .set("queued.max.messages.kbytes", PREFETCH_KBYTES)
+        .set("queued.min.messages", PREFETCH_COMMANDS)
+        .set("max.partition.fetch.bytes", FETCH_PARTITION_BYTES)
+        .set("fetch.max.bytes", FETCH_MAX_BYTES)
         .set("enable.auto.commit", "true")
         .set("enable.auto.offset.store", "false");
     let runtime = tokio::runtime::Builder::new_current_thread()
@@ -110,8 +138,8 @@ pub fn spawn(
         gateway: gateway.map(Arc::new),
         requests_topic: setup.requests_topic,
         results_topic: setup.results_topic,
-        permits: Arc::new(Semaphore::new(setup.max_in_flight.max(1))),
-        max_in_flight: setup.max_in_flight.max(1),
+        permits: Arc::new(Semaphore::new(max_in_flight)),
+        max_in_flight,
     };
     let handle = std::thread::Builder::new()
         .name("payments".into())
