@@ -241,7 +241,7 @@ fn resident_memory_levels_off_past_the_dedup_window() {
     );
     let duplicates = metric(&metrics, &series[2..]).unwrap();
 
-    // Resident memory where the sale was a tenth, half and all decided.
+    // Resident memory where a tenth, half and all of the work was done.
     let at = |fraction: f64| {
         samples
             .iter()
@@ -253,7 +253,7 @@ fn resident_memory_levels_off_past_the_dedup_window() {
     let growth = end.saturating_sub(half);
     println!(
         "resident memory: {warm} KiB at 10 %, {half} KiB at 50 %, {end} KiB at the end of \
-         {total} records and captures ({} samples); growth from half-way {growth} KiB ({:.1} %, limit \
+         {total} records and results ({} samples); growth from half-way {growth} KiB ({:.1} %, limit \
          {MAX_GROWTH_PERCENT} %)",
         samples.len(),
         growth as f64 * 100.0 / half as f64
@@ -264,7 +264,7 @@ fn resident_memory_levels_off_past_the_dedup_window() {
         .map(|(handled, kib)| format!("{handled}:{kib}"))
         .collect();
     println!(
-        "samples (records handled and payments captured:KiB): {}",
+        "samples (records and results handled:KiB): {}",
         sampled.join(" ")
     );
     unsafe { libc::kill(pid as i32, libc::SIGTERM) };

@@ -39,7 +39,8 @@ const SHUTDOWN_TIMEOUT: Duration = Duration::from_secs(30);
 const PREFETCH_KBYTES: &str = "4096";
 /// The commands per partition the consumer reads ahead (librdkafka's
 /// `queued.min.messages`; the processor's own consumers read 4,096
-/// ahead): a few times the calls in flight.
+/// ahead). Reading stops anyway while every call permit is taken; this
+/// only keeps the adapter fed between fetches.
 const PREFETCH_COMMANDS: &str = "512";
 /// What one fetch brings per partition and in all (librdkafka's
 /// `max.partition.fetch.bytes`, 1 MiB, and `fetch.max.bytes`, 50 MiB; a
