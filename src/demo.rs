@@ -39,6 +39,13 @@ const MOCK_BROKERS: i32 = 1;
 /// as data arrives). With librdkafka's default of 500 ms every decision
 /// would look a quarter second late, so the processor polls it more often.
 const MOCK_FETCH_WAIT_MS: u32 = 5;
+/// The mock broker's group coordinator lets a rebalance round wait up to
+/// the session timeout (less one second) for members that may never come:
+/// a JoinGroup the client retried leaves a member behind that never
+/// syncs. With the default 45 s one such round outlasts the demo's probe
+/// timeout (30 s). The demo's one processor has no other instance to fail
+/// over to, so a short session costs nothing and bounds every round.
+const MOCK_SESSION_TIMEOUT_MS: u32 = 6_000;
 /// Where metrics are served unless `--metrics-listen` or
 /// `ORDERFLOW__METRICS__LISTEN` says otherwise; if the port is taken, a
 /// free one is used instead.
@@ -194,7 +201,7 @@ fn adapter_name(kind: crate::payments::AdapterKind) -> &'static str {
 /// The demo's config, layered like `orderflow run`'s (built-in defaults <
 /// `--config` file < environment < flags): the demo's own defaults (its
 /// hot SKUs watched, a free port if 9898 is taken, only errors logged, the
-/// mock broker's fetch wait) sit with the built-in ones, below the file and
+/// mock broker's fetch wait and a short group session) sit with the built-in ones, below the file and
 /// `ORDERFLOW__…` variables, and `--metrics-listen` is a flag. Only the
 /// brokers are not the user's: the embedded broker is what the demo is.
 fn config(
@@ -216,6 +223,10 @@ fn config(
         (
             "kafka.consumer.fetch.wait.max.ms",
             MOCK_FETCH_WAIT_MS.to_string(),
+        ),
+        (
+            "kafka.session_timeout_ms",
+            MOCK_SESSION_TIMEOUT_MS.to_string(),
         ),
         // The progress line is the demo's output, and the sale sends
         // malformed records on purpose: only errors are logged.
@@ -301,6 +312,11 @@ mod tests {
         let c = config(&args, MOCK, &hot, &PAYMENTS, Vec::new()).unwrap();
         assert_eq!(c.metrics.watched_skus, hot, "the demo watches its hot SKUs");
         assert_eq!(c.log.level, "error");
+        assert_eq!(
+            c.kafka.session_timeout_ms,
+            u64::from(MOCK_SESSION_TIMEOUT_MS),
+            "the mock's rebalance rounds are bounded by a short session"
+        );
         assert_eq!(c.kafka.brokers, MOCK);
         assert_eq!(
             (

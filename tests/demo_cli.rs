@@ -87,8 +87,9 @@ fn demo_runs_a_clean_sale_and_prints_one_json_summary() {
 
 /// The demo's stock panel has data: each of its hot SKUs (`loadtest/demo.toml`
 /// has 3) gets `orderflow_inventory_available_units`, and the metrics are
-/// served where `ORDERFLOW__METRICS__LISTEN` says (defaults never outrank
-/// the environment).
+/// served where `ORDERFLOW__METRICS__LISTEN` says, and the processor logs
+/// at the level `ORDERFLOW__LOG__LEVEL` says (defaults never outrank the
+/// environment; the processor's own lines also explain a failed run).
 #[test]
 fn demo_serves_its_hot_skus_stock_where_the_environment_says() {
     let _one = ONE_DEMO.lock().unwrap_or_else(|e| e.into_inner());
@@ -96,6 +97,7 @@ fn demo_serves_its_hot_skus_stock_where_the_environment_says() {
     let demo = Command::new(env!("CARGO_BIN_EXE_orderflow"))
         .args(["demo", "--duration", "8", "--json"])
         .env("ORDERFLOW__METRICS__LISTEN", &listen)
+        .env("ORDERFLOW__LOG__LEVEL", "info")
         .stdin(Stdio::null())
         .stdout(Stdio::piped())
         .stderr(Stdio::piped())
@@ -132,6 +134,10 @@ fn demo_serves_its_hot_skus_stock_where_the_environment_says() {
     assert!(
         stderr.contains(&format!("http://{listen}/metrics")),
         "says where: {stderr}"
+    );
+    assert!(
+        stderr.contains("partitions assigned"),
+        "logs at the environment's level, not the demo's `error`: {stderr}"
     );
     for line in &hot_lines {
         let units: f64 = line.rsplit(' ').next().unwrap().parse().unwrap();
