@@ -97,12 +97,34 @@ impl OrderRecord {
     }
 }
 
+/// Where a book keeps the orders it has no room for, and finds them again
+/// (the processor's is the partition's on-disk store). With one, the book
+/// is a bounded cache in front of it and forgets nothing; without, the
+/// book forgets its oldest order past its capacity.
+pub trait ColdOrders: Send {
+    /// Keeps `record` as `order_id`'s, replacing what was kept before.
+    fn keep(&mut self, order_id: &str, record: &OrderRecord);
+    /// What was kept for `order_id`, if anything. Asked for every order ID
+    /// the book does not hold, new ones included: "never kept" must be
+    /// answered without a disk read.
+    fn recall(&mut self, order_id: &str) -> Option<OrderRecord>;
+}
+
+/// Orders that must stay in memory one insertion passes over at most
+/// before the book, finding no other to move out, grows past capacity:
+/// bounds the cost of an insertion when most orders wait on a gateway.
+const STAY_SCAN: usize = 64;
+
 /// Decided orders of one partition, bounded: past `capacity` orders the
-/// oldest is forgotten (first in, first out). A duplicate of a forgotten
-/// order would be decided again, and a cancellation of one ignored, so the
+/// oldest leaves memory (first in, first out). With [`ColdOrders`] it is
+/// kept there and found again ([`OrderBook::find`]), except that orders
+/// with a lifecycle timer set or a payment waiting for staff stay in
+/// memory (their timers and the attention count live here), so the book
+/// may then hold more than `capacity`: the orders waiting on a gateway or
+/// on staff. Without, it is forgotten: a duplicate of a forgotten order
+/// would be decided again, and a cancellation of one ignored, so the
 /// capacity (`engine.dedup_window_orders`) must cover the time over which
 /// upstream can redeliver or cancel.
-#[derive(Debug, Clone)]
 pub struct OrderBook {
     /// Keys are shared with `arrival` and `timers`: one allocation of an
     /// order's ID however many places remember it.
@@ -127,6 +149,24 @@ pub struct OrderBook {
     timers: BTreeSet<(Millis, Arc<str>)>,
     /// Payments and refunds of remembered orders waiting for staff.
     attention: usize,
+    /// Where orders past capacity go, if anywhere.
+    cold: Option<Box<dyn ColdOrders>>,
+    /// Orders moved to `cold`, and found there again.
+    spilled: u64,
+    recalled: u64,
+}
+
+impl std::fmt::Debug for OrderBook {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("OrderBook")
+            .field("orders", &self.orders.len())
+            .field("capacity", &self.capacity)
+            .field("evicted", &self.evicted)
+            .field("cold", &self.cold.is_some())
+            .field("spilled", &self.spilled)
+            .field("recalled", &self.recalled)
+            .finish_non_exhaustive()
+    }
 }
 
 impl OrderBook {
@@ -141,7 +181,16 @@ impl OrderBook {
             sold: SoldUnits::default(),
             timers: BTreeSet::new(),
             attention: 0,
+            cold: None,
+            spilled: 0,
+            recalled: 0,
         }
+    }
+
+    /// This book, keeping the orders it has no room for in `cold`.
+    pub fn with_cold(mut self, cold: Box<dyn ColdOrders>) -> Self {
+        self.cold = Some(cold);
+        self
     }
 
     /// A book for a partition that sells only its quota of each SKU.
@@ -200,8 +249,20 @@ impl OrderBook {
             .filter_map(|record| record.holding.as_ref())
     }
 
+    /// The record of `order_id` if it is in memory.
     pub fn get(&self, order_id: &str) -> Option<&OrderRecord> {
         self.orders.get(order_id).map(|record| &**record)
+    }
+
+    /// The record of `order_id`, from memory or, brought back into memory,
+    /// from the book's [`ColdOrders`]: what every decision asks.
+    pub fn find(&mut self, order_id: &str) -> Option<&OrderRecord> {
+        if !self.orders.contains_key(order_id) {
+            let record = self.cold.as_mut()?.recall(order_id)?;
+            self.recalled += 1;
+            self.insert(order_id.to_string(), record);
+        }
+        self.get(order_id)
     }
 
     /// Remembers a newly decided order, forgetting the oldest past capacity;
@@ -237,19 +298,42 @@ impl OrderBook {
         if let Some(due) = next_due(&record) {
             self.timers.insert((due, key.clone()));
         }
-        while self.arrival.len() >= self.capacity {
-            if let Some(oldest) = self.arrival.pop_front() {
-                if let Some(forgotten) = self.orders.remove(&oldest) {
-                    self.attention -= attention(&forgotten);
-                    if let Some(due) = next_due(&forgotten) {
-                        self.timers.remove(&(due, oldest));
-                    }
-                }
-                self.evicted += 1;
-            }
-        }
+        self.make_room();
         self.arrival.push_back(key.clone());
         self.orders.insert(key, record);
+    }
+
+    /// Moves the oldest orders out of memory until one more fits: to
+    /// `cold` (those with a timer or attention stay, moved to the back),
+    /// or, without it, forgotten.
+    fn make_room(&mut self) {
+        let mut stayed = 0;
+        while self.arrival.len() >= self.capacity && stayed < STAY_SCAN.min(self.arrival.len()) {
+            let Some(oldest) = self.arrival.pop_front() else {
+                break;
+            };
+            let Some(record) = self.orders.get(&oldest) else {
+                continue;
+            };
+            if let Some(cold) = &mut self.cold {
+                if next_due(record).is_some() || attention(record) > 0 {
+                    self.arrival.push_back(oldest);
+                    stayed += 1;
+                    continue;
+                }
+                cold.keep(&oldest, record);
+                self.orders.remove(&oldest);
+                self.spilled += 1;
+                continue;
+            }
+            if let Some(forgotten) = self.orders.remove(&oldest) {
+                self.attention -= attention(&forgotten);
+                if let Some(due) = next_due(&forgotten) {
+                    self.timers.remove(&(due, oldest));
+                }
+            }
+            self.evicted += 1;
+        }
     }
 
     pub fn len(&self) -> usize {
@@ -260,9 +344,19 @@ impl OrderBook {
         self.orders.is_empty()
     }
 
-    /// Orders forgotten because the book was full.
+    /// Orders forgotten because the book was full (none with [`ColdOrders`]).
     pub fn evicted(&self) -> u64 {
         self.evicted
+    }
+
+    /// Orders moved to the book's [`ColdOrders`] for want of room.
+    pub fn spilled(&self) -> u64 {
+        self.spilled
+    }
+
+    /// Orders found in the book's [`ColdOrders`] and brought back.
+    pub fn recalled(&self) -> u64 {
+        self.recalled
     }
 
     /// The orders whose lifecycle timers are due by `now`, taken off the

@@ -85,7 +85,7 @@ impl Engine {
         now: OffsetDateTime,
         out: &mut Vec<Output>,
     ) -> Outcome {
-        let Some(seen) = book.get(order_id) else {
+        let Some(seen) = book.find(order_id) else {
             return self.refuse(order_id, input, Refusal::UnknownOrder, offset, now, out);
         };
         let Some(life) = seen.life.as_deref() else {
@@ -143,7 +143,7 @@ impl Engine {
     pub fn tick(&self, book: &mut OrderBook, now: OffsetDateTime, out: &mut Vec<Output>) -> usize {
         let mut changed = 0;
         for order_id in book.due(Millis::from_datetime(now)) {
-            let Some(record) = book.get(&order_id) else {
+            let Some(record) = book.find(&order_id) else {
                 continue;
             };
             let Some(life) = record.life.as_deref() else {

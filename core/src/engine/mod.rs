@@ -17,7 +17,7 @@ use crate::order::part2::Part2;
 use crate::order::reader::{Doc, Head, Scratch};
 use crate::order::validate::{check_payments, validate, Limits, ValidOrder};
 use crate::order::{Detail, OrderEvent, Reason};
-pub use book::{Holding, OrderBook, OrderRecord, OrderState};
+pub use book::{ColdOrders, Holding, OrderBook, OrderRecord, OrderState};
 pub use life::LifeOutcome;
 use std::sync::Arc;
 use std::time::Duration;
@@ -202,7 +202,7 @@ impl Engine {
                 order_id,
                 rejection,
             }) => {
-                if let Some(seen) = book.get(&order_id) {
+                if let Some(seen) = book.find(&order_id) {
                     return Processed::new(seen_again(seen, offset));
                 }
                 let detail = rejection.detail.as_str();
@@ -251,7 +251,7 @@ impl Engine {
     ) -> Processed {
         let Work { scratch, detail } = work;
         let id = head.order_id.unwrap_or_default();
-        if let Some(seen) = book.get(Doc::new(record, &scratch.text).get(id)) {
+        if let Some(seen) = book.find(Doc::new(record, &scratch.text).get(id)) {
             let outcome = seen_again(seen, offset);
             if outcome == Outcome::Replayed && seen.state != OrderState::Rejected {
                 // Its fulfillments may not have reached the broker before the
@@ -345,7 +345,7 @@ impl Engine {
         now: OffsetDateTime,
         out: &mut Vec<Output>,
     ) -> Processed {
-        let Some(seen) = book.get(order_id) else {
+        let Some(seen) = book.find(order_id) else {
             return Processed::new(Outcome::CancelIgnored);
         };
         if seen.life.is_some() {

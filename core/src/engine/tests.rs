@@ -712,3 +712,109 @@ mod shared_sale {
         }
     }
 }
+
+/// A [`ColdOrders`] in memory: the contract the processor's on-disk store
+/// keeps, without the disk.
+#[derive(Default)]
+struct ColdMap(HashMap<String, OrderRecord>);
+
+impl ColdOrders for ColdMap {
+    fn keep(&mut self, order_id: &str, record: &OrderRecord) {
+        self.0.insert(order_id.to_string(), record.clone());
+    }
+
+    fn recall(&mut self, order_id: &str) -> Option<OrderRecord> {
+        self.0.get(order_id).cloned()
+    }
+}
+
+/// An order paid cash on delivery: no capture, so no timer keeps it in memory.
+fn cod_order_json(order_id: &str, customer: &str, lines: &[(&str, i64)]) -> Vec<u8> {
+    let mut order: serde_json::Value =
+        serde_json::from_slice(&order_json(order_id, customer, lines)).unwrap();
+    let total: i64 = lines.iter().map(|(_, q)| q * PRICE).sum();
+    order["payments"] = serde_json::json!([{"method": "cash_on_delivery", "amount_minor": total}]);
+    serde_json::to_vec(&order).unwrap()
+}
+
+/// What the second copy of an order sent after three times the book's
+/// capacity of other orders gets, and the stock after its cancellation.
+fn duplicate_after_three_capacities(mut book: OrderBook) -> (Outcome, usize, i64, OrderBook) {
+    const CAPACITY: usize = 10;
+    let engine = engine_with(&[("A", 100, None)]);
+    let first = cod_order_json("o-first", "c-first", &[("A", 2)]);
+    assert_eq!(
+        run(&engine, &mut book, "o-first", &first).0,
+        Outcome::Accepted
+    );
+    for i in 0..3 * CAPACITY {
+        let id = format!("o-{i}");
+        let order = cod_order_json(&id, &format!("c-{i}"), &[("A", 1)]);
+        assert_eq!(run(&engine, &mut book, &id, &order).0, Outcome::Accepted);
+    }
+    let (outcome, out) = run(&engine, &mut book, "o-first", &first);
+    let statuses = statuses(&out).len();
+    run(&engine, &mut book, "o-first", &cancel_json("o-first"));
+    let available = engine.inventory().get("A").unwrap().available();
+    (outcome, statuses, available, book)
+}
+
+#[test]
+fn a_book_in_front_of_cold_orders_decides_an_order_once_after_three_times_its_capacity() {
+    let (outcome, statuses, available, book) =
+        duplicate_after_three_capacities(OrderBook::new(10).with_cold(Box::<ColdMap>::default()));
+    assert_eq!(
+        (outcome, statuses),
+        (Outcome::Duplicate, 0),
+        "no second decision"
+    );
+    assert_eq!(
+        available,
+        100 - 30,
+        "the cancellation found the order and gave back its 2 units"
+    );
+    assert!(
+        book.len() <= 10,
+        "memory holds the capacity: {}",
+        book.len()
+    );
+    assert_eq!(book.evicted(), 0, "nothing forgotten");
+    assert!(book.spilled() >= 21 && book.recalled() >= 1, "{book:?}");
+
+    // The same sale without a cold tier: the window forgot the order.
+    let (outcome, statuses, available, _) = duplicate_after_three_capacities(OrderBook::new(10));
+    assert_eq!(
+        (outcome, statuses),
+        (Outcome::Accepted, 1),
+        "decided twice without it"
+    );
+    assert_eq!(
+        available,
+        100 - 30 - 2,
+        "the cancellation took back only the second copy"
+    );
+}
+
+#[test]
+fn orders_waiting_on_the_gateway_stay_in_memory_with_their_timers() {
+    let engine = engine_with(&[("A", 100, None)]);
+    let mut book = OrderBook::new(10).with_cold(Box::<ColdMap>::default());
+    let card = order_json("o-card", "c-card", &[("A", 1)]);
+    assert_eq!(
+        run(&engine, &mut book, "o-card", &card).0,
+        Outcome::Accepted
+    );
+    assert_eq!(book.timers_set(), 1, "the capture's result timeout");
+    for i in 0..30 {
+        let id = format!("o-{i}");
+        run(
+            &engine,
+            &mut book,
+            &id,
+            &cod_order_json(&id, &format!("c-{i}"), &[("A", 1)]),
+        );
+    }
+    assert!(book.get("o-card").is_some(), "still in memory: {book:?}");
+    assert_eq!(book.timers_set(), 1, "its timer still set");
+    assert!(book.len() <= 11, "{}", book.len());
+}

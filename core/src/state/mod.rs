@@ -166,7 +166,7 @@ impl<'a> Restorer<'a> {
             .books
             .get_mut(&entry.partition)
             .expect("inserted above");
-        let known = book.get(order_id);
+        let known = book.find(order_id);
         if known.is_some_and(|known| !newer(&entry.record, known)) {
             // A copy sent again after a crash, or an older state read
             // after a newer one (the status and state topics interleave).
