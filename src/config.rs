@@ -283,6 +283,10 @@ pub struct EngineConfig {
     pub shards: usize,
     pub shard_queue_records: usize,
     pub dedup_window_orders: usize,
+    /// Where orders past `dedup_window_orders` go (see `cold`): a
+    /// directory, `""` for the system's temporary one, `"off"` to forget
+    /// them.
+    pub store_dir: String,
     pub commit_interval_ms: u64,
     pub shutdown_timeout_ms: u64,
     pub stock_split: StockSplit,

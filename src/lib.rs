@@ -33,6 +33,7 @@
 //! - [`demo`]: an embedded broker, the processor and the generator in one process.
 
 pub mod app;
+pub mod cold;
 pub mod config;
 pub mod demo;
 pub mod kafka;

@@ -109,6 +109,12 @@ pub enum Fatal {
          message.max.bytes, and the ACLs); its source record stays uncommitted"
     )]
     Undeliverable { topic: String, error: String },
+    #[error(
+        "the on-disk order store of orders partition {partition} failed ({error}): an order \
+         it holds could be decided again; the record that met it stays uncommitted, and a \
+         restart rebuilds the store from the status topic (check engine.store_dir's disk)"
+    )]
+    OrderStore { partition: i32, error: String },
 }
 
 /// How many bytes of output one byte of an order record can become, at

@@ -19,6 +19,7 @@
 use super::catch_up::{partitions_of, read_to_end};
 use super::tracker::OffsetTracker;
 use super::{Reader, ReaderContext, StartError};
+use crate::cold::Stores;
 use crate::config::Config;
 use crate::engine::{self, OrderBook};
 use crate::inventory::Inventory;
@@ -65,6 +66,9 @@ pub struct Recovery {
     capacity: usize,
     /// Partitions of `orders` when each sells only its quota.
     quota_of: Option<u32>,
+    /// Where restored books put the orders past `capacity` (`None`: they
+    /// forget them).
+    stores: Option<Arc<Stores>>,
 }
 
 impl Recovery {
@@ -79,6 +83,7 @@ impl Recovery {
             inventory,
             capacity: config.engine.dedup_window_orders,
             quota_of: None,
+            stores: Stores::new(&config.engine.store_dir, config.engine.dedup_window_orders),
         })
     }
 
@@ -103,6 +108,9 @@ impl Recovery {
         while !stop() {
             let started = Instant::now();
             let mut restorer = Restorer::new(&self.inventory, self.capacity, self.quota_of);
+            if let Some(stores) = &self.stores {
+                restorer = restorer.with_cold(Box::new(|partition| stores.cold(partition)));
+            }
             match self.read(partitions, &mut restorer, stop) {
                 Ok(()) if !stop() => {
                     telemetry::orders_recovered(partitions, restorer.applied, started.elapsed());

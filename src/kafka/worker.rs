@@ -138,6 +138,15 @@ impl Shard {
                     }
                 }
             };
+            if let Some(failure) = book.cold_failure() {
+                // The book may have missed an order its store holds: this
+                // record's outputs stay unsent and its offset uncommitted.
+                self.shutdown.fail(Fatal::OrderStore {
+                    partition: record.partition,
+                    error: failure.to_string(),
+                });
+                break;
+            }
             // Register before sending, so no delivery report can come first.
             self.tracker
                 .begin(record.partition, record.offset, outputs.len() as u32);

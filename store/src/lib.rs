@@ -199,7 +199,27 @@ impl PartitionStore {
     /// Writes `puts` (a later put of a key replaces an earlier one) and
     /// the checkpoint, atomically and durably.
     pub fn commit(&mut self, puts: &[Put], checkpoint: Checkpoint) -> Result<(), StoreError> {
-        let mut batch = self.db.batch().durability(Some(PersistMode::SyncData));
+        self.put(puts, Some(checkpoint), Some(PersistMode::SyncData))?;
+        self.checkpoint = Some(checkpoint);
+        Ok(())
+    }
+
+    /// Writes `puts` atomically but not durably, and no checkpoint: for a
+    /// store used as a cache that is rebuilt from the changelog at every
+    /// open. (A crash may lose the last writes; the checkpoint, if any,
+    /// then overstates what the store holds, so such a store is never
+    /// restored from.)
+    pub fn write(&mut self, puts: &[Put]) -> Result<(), StoreError> {
+        self.put(puts, None, None)
+    }
+
+    fn put(
+        &mut self,
+        puts: &[Put],
+        checkpoint: Option<Checkpoint>,
+        durability: Option<PersistMode>,
+    ) -> Result<(), StoreError> {
+        let mut batch = self.db.batch().durability(durability);
         for put in puts {
             let mut stored = Vec::with_capacity(EXPIRY_BYTES + put.value.len());
             stored.extend_from_slice(&put.expires_at_ms.to_be_bytes());
@@ -207,12 +227,13 @@ impl PartitionStore {
             batch.insert(&self.orders, put.key.as_slice(), stored);
             batch.insert(&self.expiry, expiry_key(put.expires_at_ms, &put.key), []);
         }
-        batch.insert(&self.meta, CHECKPOINT_KEY, checkpoint.encode());
+        if let Some(checkpoint) = checkpoint {
+            batch.insert(&self.meta, CHECKPOINT_KEY, checkpoint.encode());
+        }
         batch.commit().map_err(|e| self.fjall(e))?;
         for put in puts {
             self.bloom.insert(&put.key);
         }
-        self.checkpoint = Some(checkpoint);
         Ok(())
     }
 

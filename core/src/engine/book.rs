@@ -108,6 +108,12 @@ pub trait ColdOrders: Send {
     /// the book does not hold, new ones included: "never kept" must be
     /// answered without a disk read.
     fn recall(&mut self, order_id: &str) -> Option<OrderRecord>;
+    /// Why it can no longer keep or recall orders, if it cannot: a book
+    /// whose tier failed may have missed an order it holds, so whoever
+    /// drives the book must stop before its outputs leave.
+    fn failure(&self) -> Option<&str> {
+        None
+    }
 }
 
 /// Orders that must stay in memory one insertion passes over at most
@@ -347,6 +353,11 @@ impl OrderBook {
     /// Orders forgotten because the book was full (none with [`ColdOrders`]).
     pub fn evicted(&self) -> u64 {
         self.evicted
+    }
+
+    /// Why the book's [`ColdOrders`] failed, if it did (see there).
+    pub fn cold_failure(&self) -> Option<&str> {
+        self.cold.as_ref().and_then(|cold| cold.failure())
     }
 
     /// Orders moved to the book's [`ColdOrders`] for want of room.

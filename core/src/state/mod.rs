@@ -12,7 +12,7 @@
 //!
 //! See docs/architecture.md for why this holds across crashes.
 
-use crate::engine::{OrderBook, OrderRecord, OrderState};
+use crate::engine::{ColdOrders, OrderBook, OrderRecord, OrderState};
 use crate::inventory::{Inventory, Quota};
 use serde::{Deserialize, Serialize};
 use std::collections::HashMap;
@@ -117,11 +117,16 @@ fn newer(record: &OrderRecord, known: &OrderRecord) -> bool {
     (record.version, record.offset) > (known.version, known.offset)
 }
 
+/// Makes the [`ColdOrders`] of a partition's book.
+pub type ColdFactory<'a> = Box<dyn Fn(i32) -> Box<dyn ColdOrders> + 'a>;
+
 /// Rebuilds books and reservations from changelog entries, in the order
 /// they were written per order (one order's statuses share a partition of
 /// the status topic, so they are read in order).
 pub struct Restorer<'a> {
     inventory: &'a Inventory,
+    /// Makes each partition's cold tier, if its books have one.
+    cold: Option<ColdFactory<'a>>,
     books: HashMap<i32, OrderBook>,
     capacity: usize,
     /// Partitions of `orders` when each sells only its quota.
@@ -136,6 +141,7 @@ impl<'a> Restorer<'a> {
     pub fn new(inventory: &'a Inventory, capacity: usize, quota_of: Option<u32>) -> Self {
         Restorer {
             inventory,
+            cold: None,
             books: HashMap::new(),
             capacity,
             quota_of,
@@ -143,9 +149,16 @@ impl<'a> Restorer<'a> {
         }
     }
 
+    /// Books whose orders past capacity go to the tier `cold` makes for
+    /// their partition (else they are forgotten).
+    pub fn with_cold(mut self, cold: ColdFactory<'a>) -> Self {
+        self.cold = Some(cold);
+        self
+    }
+
     /// An empty book for `partition`, as this restorer builds them.
     pub fn empty_book(&self, partition: i32) -> OrderBook {
-        match self.quota_of {
+        let book = match self.quota_of {
             Some(partitions) => OrderBook::with_quota(
                 self.capacity,
                 Quota {
@@ -154,6 +167,10 @@ impl<'a> Restorer<'a> {
                 },
             ),
             None => OrderBook::new(self.capacity),
+        };
+        match &self.cold {
+            Some(cold) => book.with_cold(cold(partition)),
+            None => book,
         }
     }
 

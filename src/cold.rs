@@ -1,0 +1,309 @@
+//! The on-disk tier of each partition's order book: orders past
+//! `engine.dedup_window_orders` leave memory for the partition's store
+//! (crate `orderflow-store`, fjall) and are found there again, so a
+//! duplicate or a cancellation of an order decided long ago finds it, and
+//! resident memory is set by the window, not by the orders decided.
+//!
+//! Each book gets a store of its own, in a new directory under
+//! `engine.store_dir`, made when the first order leaves memory and deleted
+//! with the book (a partition released, the process stopped). Every restore
+//! reads the partition's whole status topic (see `kafka::recovery`) into a
+//! new book, whose orders past the window go to its new store: the store is
+//! a cache of that read, so a crash, a move to another machine or deleted
+//! files lose nothing, and its writes need no fsync. (Restoring from the
+//! store's own checkpoint plus the changelog after it, so that a restart
+//! does not read the whole history, is issue 11's next step: see
+//! docs/architecture.md, "Order state that lasts".)
+//!
+//! A store that fails (disk full, I/O error, a record that does not
+//! decode) is reported through [`ColdOrders::failure`]: the shard stops
+//! the processor before the outputs of the record that met it leave.
+
+use crate::engine::{ColdOrders, OrderRecord};
+use crate::state;
+use orderflow_store::{PartitionStore, Put};
+use std::collections::HashMap;
+use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Arc;
+use std::time::{Duration, SystemTime};
+
+/// Orders that left memory written to the store together: one write batch
+/// (fjall's journal append) per this many.
+pub const WRITE_BATCH: usize = 256;
+/// The expiry each stored record carries: contract Part 2's default
+/// `lifecycle.retention_days` (90). Retention passes over the store are
+/// not run yet: a store lives as long as its book.
+const RETENTION: Duration = Duration::from_secs(90 * 24 * 3600);
+/// The least first layer of a store's Bloom filter, in orders.
+const MIN_EXPECTED_ORDERS: usize = 1 << 14;
+/// `engine.store_dir` value that turns the tier off.
+pub const OFF: &str = "off";
+
+/// The process's stores: one directory, one store per book under it.
+pub struct Stores {
+    root: PathBuf,
+    next: AtomicU64,
+    /// Orders in memory per book: sizes each store's filter.
+    capacity: usize,
+}
+
+impl Stores {
+    /// The stores `engine.store_dir` asks for: `None` for `"off"`; `""`
+    /// is a directory of this process under the system's temporary one.
+    pub fn new(store_dir: &str, capacity: usize) -> Option<Arc<Stores>> {
+        let root = match store_dir {
+            OFF => return None,
+            "" => std::env::temp_dir().join(format!("orderflow-store-{}", std::process::id())),
+            dir => Path::new(dir).join(format!("orderflow-store-{}", std::process::id())),
+        };
+        if let Some(parent) = root.parent() {
+            remove_stale(parent);
+        }
+        Some(Arc::new(Stores {
+            root,
+            next: AtomicU64::new(0),
+            capacity,
+        }))
+    }
+
+    /// Where the stores are.
+    pub fn root(&self) -> &Path {
+        &self.root
+    }
+
+    /// A new, empty tier for a book of `partition`.
+    pub fn cold(&self, partition: i32) -> Box<dyn ColdOrders> {
+        let n = self.next.fetch_add(1, Ordering::Relaxed);
+        Box::new(PartitionCold {
+            dir: self.root.join(format!("p{partition}-{n}")),
+            partition,
+            expected: self.capacity.max(MIN_EXPECTED_ORDERS),
+            store: None,
+            pending: Vec::new(),
+            pending_at: HashMap::new(),
+            failure: None,
+        })
+    }
+}
+
+impl Drop for Stores {
+    fn drop(&mut self) {
+        // Each book's store deletes its own directory; this one is then
+        // empty, unless a book outlives the stores (then it stays).
+        let _ = std::fs::remove_dir(&self.root);
+    }
+}
+
+/// Removes the store directories in `parent` of processes no longer
+/// running (killed before they could delete theirs): they are caches of
+/// restores no one will use.
+fn remove_stale(parent: &Path) {
+    let Ok(entries) = std::fs::read_dir(parent) else {
+        return;
+    };
+    for entry in entries.flatten() {
+        let name = entry.file_name();
+        let Some(pid) = name
+            .to_str()
+            .and_then(|name| name.strip_prefix("orderflow-store-"))
+            .and_then(|pid| pid.parse::<u32>().ok())
+        else {
+            continue;
+        };
+        let running = Path::new("/proc").join(pid.to_string()).exists();
+        if !running && pid != std::process::id() {
+            match std::fs::remove_dir_all(entry.path()) {
+                Ok(()) => tracing::info!(dir = %entry.path().display(),
+                    "removed the order stores of a process that is gone"),
+                Err(error) => tracing::warn!(dir = %entry.path().display(), %error,
+                    "could not remove the order stores of a process that is gone"),
+            }
+        }
+    }
+}
+
+/// One book's store, opened when the first order leaves memory.
+struct PartitionCold {
+    dir: PathBuf,
+    partition: i32,
+    expected: usize,
+    store: Option<PartitionStore>,
+    /// Orders not yet written, and where each is in `pending`.
+    pending: Vec<Put>,
+    pending_at: HashMap<String, usize>,
+    failure: Option<String>,
+}
+
+impl PartitionCold {
+    fn flush(&mut self) {
+        if self.pending.is_empty() || self.failure.is_some() {
+            return;
+        }
+        if let Err(error) = self.write() {
+            self.failure = Some(error);
+            return;
+        }
+        self.pending.clear();
+        self.pending_at.clear();
+    }
+
+    fn write(&mut self) -> Result<(), String> {
+        let store = match &mut self.store {
+            Some(store) => store,
+            None => {
+                std::fs::create_dir_all(&self.dir)
+                    .map_err(|e| format!("creating the order store {}: {e}", self.dir.display()))?;
+                let store =
+                    PartitionStore::open(&self.dir, self.expected).map_err(|e| e.to_string())?;
+                tracing::info!(partition = self.partition, dir = %self.dir.display(),
+                    "orders past the dedup window go to an on-disk store");
+                self.store.insert(store)
+            }
+        };
+        store.write(&self.pending).map_err(|e| e.to_string())
+    }
+
+    fn decode(&mut self, bytes: &[u8]) -> Option<OrderRecord> {
+        match state::decode(bytes) {
+            Ok(entry) => Some(entry.record),
+            Err(error) => {
+                self.failure = Some(format!(
+                    "a record in the order store {} does not decode: {error}",
+                    self.dir.display()
+                ));
+                None
+            }
+        }
+    }
+}
+
+impl ColdOrders for PartitionCold {
+    fn keep(&mut self, order_id: &str, record: &OrderRecord) {
+        if self.failure.is_some() {
+            return;
+        }
+        let value = state::encode_record(self.partition, record);
+        if let Some(&at) = self.pending_at.get(order_id) {
+            self.pending[at].value = value;
+            return;
+        }
+        self.pending_at
+            .insert(order_id.to_string(), self.pending.len());
+        self.pending.push(Put {
+            key: order_id.as_bytes().to_vec(),
+            value,
+            expires_at_ms: expiry_ms(),
+        });
+        if self.pending.len() >= WRITE_BATCH {
+            self.flush();
+        }
+    }
+
+    fn recall(&mut self, order_id: &str) -> Option<OrderRecord> {
+        if let Some(&at) = self.pending_at.get(order_id) {
+            let bytes = self.pending[at].value.clone();
+            return self.decode(&bytes);
+        }
+        let store = self.store.as_ref()?;
+        match store.get(order_id.as_bytes()) {
+            Ok(Some(bytes)) => self.decode(&bytes),
+            Ok(None) => None,
+            Err(error) => {
+                self.failure = Some(error.to_string());
+                None
+            }
+        }
+    }
+
+    fn failure(&self) -> Option<&str> {
+        self.failure.as_deref()
+    }
+}
+
+impl Drop for PartitionCold {
+    fn drop(&mut self) {
+        // Closed first: its files go with it (a cache of this book only).
+        if self.store.take().is_some() {
+            let _ = std::fs::remove_dir_all(&self.dir);
+        }
+    }
+}
+
+/// When a record written now expires, in milliseconds since the epoch.
+fn expiry_ms() -> i64 {
+    let at = SystemTime::now() + RETENTION;
+    at.duration_since(SystemTime::UNIX_EPOCH)
+        .map_or(i64::MAX, |d| {
+            i64::try_from(d.as_millis()).unwrap_or(i64::MAX)
+        })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::engine::{OrderBook, OrderState};
+
+    fn record(offset: i64) -> OrderRecord {
+        OrderRecord::decided(OrderState::Rejected, offset, None)
+    }
+
+    #[test]
+    fn a_book_finds_every_order_it_had_no_room_for_and_its_files_go_with_it() {
+        let base = tempfile::tempdir().unwrap();
+        let stores = Stores::new(base.path().to_str().unwrap(), 100).unwrap();
+        let mut book = OrderBook::new(100).with_cold(stores.cold(3));
+        let orders = 100 + 3 * WRITE_BATCH as i64 + 7;
+        for offset in 0..orders {
+            book.insert(format!("o-{offset}"), record(offset));
+        }
+        assert_eq!((book.len(), book.evicted()), (100, 0));
+        assert_eq!(book.spilled(), orders as u64 - 100);
+        let dirs = std::fs::read_dir(stores.root()).unwrap().count();
+        assert_eq!(dirs, 1, "one store for the book");
+        // Written and still pending alike, each found with its record.
+        for offset in (0..orders).rev() {
+            let found = book.find(&format!("o-{offset}")).map(|r| r.offset);
+            assert_eq!(found, Some(offset), "o-{offset}");
+        }
+        assert!(book.find("o-never").is_none());
+        assert!(book.cold_failure().is_none());
+        drop(book);
+        assert_eq!(std::fs::read_dir(stores.root()).unwrap().count(), 0);
+    }
+
+    #[test]
+    fn a_store_that_cannot_be_made_reports_why() {
+        let base = tempfile::tempdir().unwrap();
+        let file = base.path().join("not-a-directory");
+        std::fs::write(&file, b"x").unwrap();
+        let stores = Stores::new(file.to_str().unwrap(), 10).unwrap();
+        let mut book = OrderBook::new(10).with_cold(stores.cold(0));
+        for offset in 0..(10 + WRITE_BATCH as i64) {
+            book.insert(format!("o-{offset}"), record(offset));
+        }
+        let failure = book.cold_failure().expect("the store could not be created");
+        assert!(failure.contains("not-a-directory"), "{failure}");
+    }
+
+    #[test]
+    fn stores_of_processes_that_are_gone_are_removed_at_start() {
+        let base = tempfile::tempdir().unwrap();
+        // No process has this PID (above the kernel's pid_max limit).
+        let gone = base.path().join(format!("orderflow-store-{}", 1u32 << 23));
+        let live = base.path().join("orderflow-store-1");
+        let other = base.path().join("someone-else");
+        for dir in [&gone, &live, &other] {
+            std::fs::create_dir_all(dir.join("p0-0")).unwrap();
+        }
+        let _stores = Stores::new(base.path().to_str().unwrap(), 10).unwrap();
+        assert!(!gone.exists(), "a gone process's stores are removed");
+        assert!(live.exists(), "PID 1 runs: its stores stay");
+        assert!(other.exists(), "what is not ours stays");
+    }
+
+    #[test]
+    fn off_means_no_tier() {
+        assert!(Stores::new(OFF, 10).is_none());
+    }
+}
