@@ -21,7 +21,7 @@
 
 use crate::engine::{ColdOrders, OrderRecord};
 use crate::state;
-use orderflow_store::{PartitionStore, Put};
+use orderflow_store::{Memory, PartitionStore, Put};
 use std::collections::HashMap;
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -37,6 +37,15 @@ pub const WRITE_BATCH: usize = 256;
 const RETENTION: Duration = Duration::from_secs(90 * 24 * 3600);
 /// The least first layer of a store's Bloom filter, in orders.
 const MIN_EXPECTED_ORDERS: usize = 1 << 14;
+/// fjall's memory per store: what a book reads back is rare (duplicates,
+/// late cancellations, lifecycle inputs of old orders), so a small block
+/// cache; small memtables, as orders leave memory at the pace they are
+/// decided. With the filter (10 bits per order stored), a partition's
+/// resident cost beside its in-memory book.
+const STORE_MEMORY: Memory = Memory {
+    cache_bytes: 8 << 20,
+    memtable_bytes: 4 << 20,
+};
 /// `engine.store_dir` value that turns the tier off.
 pub const OFF: &str = "off";
 
@@ -154,8 +163,8 @@ impl PartitionCold {
             None => {
                 std::fs::create_dir_all(&self.dir)
                     .map_err(|e| format!("creating the order store {}: {e}", self.dir.display()))?;
-                let store =
-                    PartitionStore::open(&self.dir, self.expected).map_err(|e| e.to_string())?;
+                let store = PartitionStore::open_with(&self.dir, self.expected, STORE_MEMORY)
+                    .map_err(|e| e.to_string())?;
                 tracing::info!(partition = self.partition, dir = %self.dir.display(),
                     "orders past the dedup window go to an on-disk store");
                 self.store.insert(store)

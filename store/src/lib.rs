@@ -41,6 +41,24 @@ pub const MEMTABLE_BYTES: u64 = 8 << 20;
 /// The journal kept before fjall flushes memtables to make room: bounds
 /// both disk use by the journal and the replay time of a reopen.
 pub const MAX_JOURNAL_BYTES: u64 = 64 << 20;
+/// What one store's fjall may hold in memory: its block cache, and the
+/// memtable of each keyspace (three). (Its journal, [`MAX_JOURNAL_BYTES`],
+/// is fjall's least.)
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Memory {
+    pub cache_bytes: u64,
+    pub memtable_bytes: u64,
+}
+
+impl Default for Memory {
+    fn default() -> Self {
+        Memory {
+            cache_bytes: CACHE_BYTES,
+            memtable_bytes: MEMTABLE_BYTES,
+        }
+    }
+}
+
 /// fjall's background threads (flushes and compactions) per store.
 const WORKER_THREADS: usize = 1;
 /// Index entries one retention pass walks at most, so a pass after a long
@@ -121,18 +139,23 @@ impl PartitionStore {
     /// crash, and rebuilds the Bloom filter from its keys. `expected` sizes
     /// the filter's first layer.
     pub fn open(dir: &Path, expected: usize) -> Result<Self, StoreError> {
+        Self::open_with(dir, expected, Memory::default())
+    }
+
+    /// [`PartitionStore::open`] with fjall's memory bounded by `memory`.
+    pub fn open_with(dir: &Path, expected: usize, memory: Memory) -> Result<Self, StoreError> {
         let path = dir.to_path_buf();
         let fjall = |source| StoreError::Fjall {
             path: path.clone(),
             source,
         };
         let db = Database::builder(dir)
-            .cache_size(CACHE_BYTES)
+            .cache_size(memory.cache_bytes)
             .max_journaling_size(MAX_JOURNAL_BYTES)
             .worker_threads(WORKER_THREADS)
             .open()
             .map_err(fjall)?;
-        let options = || KeyspaceCreateOptions::default().max_memtable_size(MEMTABLE_BYTES);
+        let options = || KeyspaceCreateOptions::default().max_memtable_size(memory.memtable_bytes);
         let orders = db.keyspace("orders", options).map_err(fjall)?;
         let expiry = db.keyspace("expiry", options).map_err(fjall)?;
         let meta = db.keyspace("meta", options).map_err(fjall)?;

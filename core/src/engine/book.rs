@@ -118,16 +118,16 @@ pub trait ColdOrders: Send {
 
 /// Orders that must stay in memory one insertion passes over at most
 /// before the book, finding no other to move out, grows past capacity:
-/// bounds the cost of an insertion when most orders wait on a gateway.
+/// bounds the cost of an insertion when most orders wait on staff.
 const STAY_SCAN: usize = 64;
 
 /// Decided orders of one partition, bounded: past `capacity` orders the
 /// oldest leaves memory (first in, first out). With [`ColdOrders`] it is
-/// kept there and found again ([`OrderBook::find`]), except that orders
-/// with a lifecycle timer set or a payment waiting for staff stay in
-/// memory (their timers and the attention count live here), so the book
-/// may then hold more than `capacity`: the orders waiting on a gateway or
-/// on staff. Without, it is forgotten: a duplicate of a forgotten order
+/// kept there and found again ([`OrderBook::find`]); its lifecycle timer
+/// stays listed here (an order ID and a time), and brings it back when it
+/// fires. Orders with a payment waiting for staff stay in memory (the
+/// attention count lives here), so the book may hold more than
+/// `capacity` by the orders waiting on staff. Without, it is forgotten: a duplicate of a forgotten order
 /// would be decided again, and a cancellation of one ignored, so the
 /// capacity (`engine.dedup_window_orders`) must cover the time over which
 /// upstream can redeliver or cancel.
@@ -151,7 +151,9 @@ pub struct OrderBook {
     sold: SoldUnits,
     /// When remembered orders' lifecycle timers fire next: one entry per
     /// order with a timer (a change or a forgotten order takes its entry
-    /// out), so the list is bounded by the window.
+    /// out; an order moved to `cold` keeps it), so without `cold` the list
+    /// is bounded by the window, and with it by the orders waiting on a
+    /// gateway.
     timers: BTreeSet<(Millis, Arc<str>)>,
     /// Payments and refunds of remembered orders waiting for staff.
     attention: usize,
@@ -322,11 +324,12 @@ impl OrderBook {
                 continue;
             };
             if let Some(cold) = &mut self.cold {
-                if next_due(record).is_some() || attention(record) > 0 {
+                if attention(record) > 0 {
                     self.arrival.push_back(oldest);
                     stayed += 1;
                     continue;
                 }
+                // Its timer, if any, stays listed: `due` brings it back.
                 cold.keep(&oldest, record);
                 self.orders.remove(&oldest);
                 self.spilled += 1;
@@ -382,8 +385,7 @@ impl OrderBook {
                 break;
             };
             let current = self
-                .orders
-                .get(&order_id)
+                .find(&order_id)
                 .and_then(|record| record.life.as_ref())
                 .and_then(|life| life.next_due());
             if current == Some(at) && due.last() != Some(&order_id) {

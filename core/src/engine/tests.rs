@@ -796,7 +796,7 @@ fn a_book_in_front_of_cold_orders_decides_an_order_once_after_three_times_its_ca
 }
 
 #[test]
-fn orders_waiting_on_the_gateway_stay_in_memory_with_their_timers() {
+fn an_order_waiting_on_the_gateway_leaves_memory_and_its_timer_brings_it_back() {
     let engine = engine_with(&[("A", 100, None)]);
     let mut book = OrderBook::new(10).with_cold(Box::<ColdMap>::default());
     let card = order_json("o-card", "c-card", &[("A", 1)]);
@@ -814,7 +814,25 @@ fn orders_waiting_on_the_gateway_stay_in_memory_with_their_timers() {
             &cod_order_json(&id, &format!("c-{i}"), &[("A", 1)]),
         );
     }
-    assert!(book.get("o-card").is_some(), "still in memory: {book:?}");
-    assert_eq!(book.timers_set(), 1, "its timer still set");
-    assert!(book.len() <= 11, "{}", book.len());
+    assert!(book.get("o-card").is_none(), "out of memory: {book:?}");
+    assert!(book.len() <= 10, "{}", book.len());
+    assert_eq!(book.timers_set(), 1, "its timer still listed");
+
+    // Long after the result timeout: the timer fires on the order's record.
+    let mut out = Vec::new();
+    let later = now() + time::Duration::days(1);
+    assert_eq!(
+        engine.tick(&mut book, later, &mut out),
+        1,
+        "the card order changed"
+    );
+    assert!(book.get("o-card").is_some(), "brought back");
+    let retries = out
+        .iter()
+        .filter(|o| matches!(o, Output::Event { kind, .. } if *kind == "payment_retry_scheduled"))
+        .count();
+    assert_eq!(
+        retries, 1,
+        "the result timed out, a retry scheduled: {out:?}"
+    );
 }
