@@ -149,7 +149,11 @@ impl PartitionCold {
         if self.pending.is_empty() || self.failure.is_some() {
             return;
         }
-        if let Err(error) = self.write() {
+        // fjall asserts on what it cannot do: a failure like any other,
+        // not a shard thread gone.
+        let written = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| self.write()))
+            .unwrap_or_else(|_| Err(format!("the order store {} panicked", self.dir.display())));
+        if let Err(error) = written {
             self.failure = Some(error);
             return;
         }
