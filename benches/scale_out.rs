@@ -109,10 +109,25 @@ fn restore_rate(entries: &[(String, ChangelogEntry)], inventory: &Inventory, quo
 fn main() {
     // `SCALE_OUT_PROFILE=whole|quota`: decide 3,000 records with that book
     // and stop, for callgrind (see docs/benchmarks.md, "Profiling").
+    // `store`: the whole stock, the book in front of an on-disk store
+    // (`engine.store_dir`) with room for every order; `store_full`: the
+    // same with room for 100, so nearly every order leaves memory for it.
     if let Ok(case) = std::env::var("SCALE_OUT_PROFILE") {
         let records = support::orders(3_000, "profile", Skus::Uniform, 7);
         let records = Arc::new(records);
-        let mut lane = lane(&records, case == "quota");
+        let dir = tempfile::tempdir().expect("a temporary directory");
+        let stores = orderflow::cold::Stores::new(dir.path().to_str().unwrap(), BOOK_CAPACITY)
+            .expect("a directory turns the store on");
+        let mut lane = match case.as_str() {
+            "store" | "store_full" => {
+                let inventory = Arc::new(support::inventory(support::CATALOG_SKUS));
+                let engine = Arc::new(Engine::new(inventory, Limits::default()));
+                let capacity = if case == "store" { BOOK_CAPACITY } else { 100 };
+                let book = OrderBook::new(capacity).with_cold(stores.cold(0));
+                Lane::new(engine, records.clone(), book)
+            }
+            _ => lane(&records, case == "quota"),
+        };
         for _ in 0..records.len() {
             lane.one();
         }
