@@ -10,7 +10,11 @@
 //! reads the partition's whole status topic (see `kafka::recovery`) into a
 //! new book, whose orders past the window go to its new store: the store is
 //! a cache of that read, so a crash, a move to another machine or deleted
-//! files lose nothing, and its writes need no fsync. (Restoring from the
+//! files lose nothing, and its writes need no fsync. The decision path
+//! only hands an order over (its record is shared with the book, nothing
+//! is copied or encoded there); a writer thread per store encodes and
+//! writes them in batches, and until it has, the order is found among
+//! those handed over. (Restoring from the
 //! store's own checkpoint plus the changelog after it, so that a restart
 //! does not read the whole history, is issue 11's next step: see
 //! docs/architecture.md, "Order state that lasts".)
@@ -22,9 +26,10 @@
 use crate::engine::{ColdOrders, OrderRecord};
 use crate::state;
 use orderflow_store::{Memory, PartitionStore, Put};
+use parking_lot::Mutex;
 use std::collections::HashMap;
 use std::path::{Path, PathBuf};
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, SystemTime};
 
@@ -84,15 +89,11 @@ impl Stores {
     /// A new, empty tier for a book of `partition`.
     pub fn cold(&self, partition: i32) -> Box<dyn ColdOrders> {
         let n = self.next.fetch_add(1, Ordering::Relaxed);
-        Box::new(PartitionCold {
-            dir: self.root.join(format!("p{partition}-{n}")),
+        Box::new(PartitionCold::start(
+            self.root.join(format!("p{partition}-{n}")),
             partition,
-            expected: self.capacity.max(MIN_EXPECTED_ORDERS),
-            store: None,
-            pending: Vec::new(),
-            pending_at: HashMap::new(),
-            failure: None,
-        })
+            self.capacity.max(MIN_EXPECTED_ORDERS),
+        ))
     }
 }
 
@@ -132,56 +133,146 @@ fn remove_stale(parent: &Path) {
     }
 }
 
-/// One book's store, opened when the first order leaves memory.
+/// One book's tier: the book's thread hands each order that leaves memory
+/// to a writer thread (its record is shared, so nothing is copied or
+/// encoded on the decision path) and finds it in `unwritten` until the
+/// writer has put it in the store.
 struct PartitionCold {
+    shared: Arc<Shared>,
+    to_writer: Option<crossbeam_channel::Sender<(Arc<str>, Arc<OrderRecord>)>>,
+    writer: Option<std::thread::JoinHandle<()>>,
+}
+
+/// What a book's thread and its store's writer share.
+struct Shared {
     dir: PathBuf,
     partition: i32,
     expected: usize,
-    store: Option<PartitionStore>,
-    /// Orders not yet written, and where each is in `pending`.
-    pending: Vec<Put>,
-    pending_at: HashMap<String, usize>,
-    failure: Option<String>,
+    /// Opened by the writer when the first order leaves memory.
+    store: Mutex<Option<PartitionStore>>,
+    /// Orders handed to the writer and not yet written.
+    unwritten: Mutex<HashMap<Arc<str>, Arc<OrderRecord>>>,
+    failure: Mutex<Option<String>>,
+    /// Set when the book is dropped: what is left is not written.
+    closing: AtomicBool,
 }
 
+/// Orders handed over and not yet taken by the writer, at most: past it
+/// the book's thread waits (the writer sets the pace, memory stays bounded).
+const HANDOVER_QUEUE: usize = 8 * WRITE_BATCH;
+
 impl PartitionCold {
-    fn flush(&mut self) {
-        if self.pending.is_empty() || self.failure.is_some() {
-            return;
+    fn start(dir: PathBuf, partition: i32, expected: usize) -> PartitionCold {
+        let shared = Arc::new(Shared {
+            dir,
+            partition,
+            expected,
+            store: Mutex::new(None),
+            unwritten: Mutex::new(HashMap::new()),
+            failure: Mutex::new(None),
+            closing: AtomicBool::new(false),
+        });
+        let (to_writer, from_book) = crossbeam_channel::bounded(HANDOVER_QUEUE);
+        let for_writer = shared.clone();
+        let writer = std::thread::Builder::new()
+            .name(format!("store-p{partition}"))
+            .spawn(move || for_writer.write_all(&from_book));
+        match writer {
+            Ok(writer) => PartitionCold {
+                shared,
+                to_writer: Some(to_writer),
+                writer: Some(writer),
+            },
+            Err(error) => {
+                shared.fail(format!("starting the order store's writer thread: {error}"));
+                PartitionCold {
+                    shared,
+                    to_writer: None,
+                    writer: None,
+                }
+            }
         }
-        // fjall asserts on what it cannot do: a failure like any other,
-        // not a shard thread gone.
-        let written = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| self.write()))
-            .unwrap_or_else(|_| Err(format!("the order store {} panicked", self.dir.display())));
-        if let Err(error) = written {
-            self.failure = Some(error);
-            return;
-        }
-        self.pending.clear();
-        self.pending_at.clear();
+    }
+}
+
+impl Shared {
+    fn fail(&self, error: String) {
+        self.failure.lock().get_or_insert(error);
     }
 
-    fn write(&mut self) -> Result<(), String> {
-        let store = match &mut self.store {
+    /// The writer thread: batches of handed-over orders into the store.
+    fn write_all(&self, from_book: &crossbeam_channel::Receiver<(Arc<str>, Arc<OrderRecord>)>) {
+        let mut batch = Vec::with_capacity(WRITE_BATCH);
+        while let Ok(first) = from_book.recv() {
+            batch.push(first);
+            while batch.len() < WRITE_BATCH {
+                match from_book.try_recv() {
+                    Ok(next) => batch.push(next),
+                    Err(_) => break,
+                }
+            }
+            if self.closing.load(Ordering::Relaxed) {
+                return;
+            }
+            if self.failure.lock().is_none() {
+                // fjall asserts on what it cannot do: a failure like any
+                // other, not a thread gone.
+                let written =
+                    std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| self.write(&batch)))
+                        .unwrap_or_else(|_| {
+                            Err(format!("the order store {} panicked", self.dir.display()))
+                        });
+                match written {
+                    Ok(()) => {
+                        let mut unwritten = self.unwritten.lock();
+                        for (order_id, record) in &batch {
+                            // Unless handed over again since (a newer record).
+                            if unwritten
+                                .get(order_id)
+                                .is_some_and(|r| Arc::ptr_eq(r, record))
+                            {
+                                unwritten.remove(order_id);
+                            }
+                        }
+                    }
+                    Err(error) => self.fail(error),
+                }
+            }
+            batch.clear();
+        }
+    }
+
+    fn write(&self, batch: &[(Arc<str>, Arc<OrderRecord>)]) -> Result<(), String> {
+        let expires_at_ms = expiry_ms();
+        let puts: Vec<Put> = batch
+            .iter()
+            .map(|(order_id, record)| Put {
+                key: order_id.as_bytes().to_vec(),
+                value: state::encode_record(self.partition, record),
+                expires_at_ms,
+            })
+            .collect();
+        let mut store = self.store.lock();
+        let store = match &mut *store {
             Some(store) => store,
             None => {
                 std::fs::create_dir_all(&self.dir)
                     .map_err(|e| format!("creating the order store {}: {e}", self.dir.display()))?;
-                let store = PartitionStore::open_with(&self.dir, self.expected, STORE_MEMORY)
+                let opened = PartitionStore::open_with(&self.dir, self.expected, STORE_MEMORY)
                     .map_err(|e| e.to_string())?;
                 tracing::info!(partition = self.partition, dir = %self.dir.display(),
                     "orders past the dedup window go to an on-disk store");
-                self.store.insert(store)
+                store.insert(opened)
             }
         };
-        store.write(&self.pending).map_err(|e| e.to_string())
+        store.write(&puts).map_err(|e| e.to_string())
     }
 
-    fn decode(&mut self, bytes: &[u8]) -> Option<OrderRecord> {
+    fn decode(&self, bytes: &[u8]) -> Option<OrderRecord> {
         match state::decode(bytes) {
             Ok(entry) => Some(entry.record),
             Err(error) => {
-                self.failure = Some(format!(
+                self.fail(format!(
                     "a record in the order store {} does not decode: {error}",
                     self.dir.display()
                 ));
@@ -192,53 +283,54 @@ impl PartitionCold {
 }
 
 impl ColdOrders for PartitionCold {
-    fn keep(&mut self, order_id: &str, record: &OrderRecord) {
-        if self.failure.is_some() {
+    fn keep(&mut self, order_id: Arc<str>, record: Arc<OrderRecord>) {
+        let Some(to_writer) = &self.to_writer else {
             return;
-        }
-        let value = state::encode_record(self.partition, record);
-        if let Some(&at) = self.pending_at.get(order_id) {
-            self.pending[at].value = value;
-            return;
-        }
-        self.pending_at
-            .insert(order_id.to_string(), self.pending.len());
-        self.pending.push(Put {
-            key: order_id.as_bytes().to_vec(),
-            value,
-            expires_at_ms: expiry_ms(),
-        });
-        if self.pending.len() >= WRITE_BATCH {
-            self.flush();
+        };
+        self.shared
+            .unwritten
+            .lock()
+            .insert(order_id.clone(), record.clone());
+        if to_writer.send((order_id, record)).is_err() {
+            self.shared
+                .fail("the order store's writer thread is gone".to_string());
         }
     }
 
     fn recall(&mut self, order_id: &str) -> Option<OrderRecord> {
-        if let Some(&at) = self.pending_at.get(order_id) {
-            let bytes = self.pending[at].value.clone();
-            return self.decode(&bytes);
+        if let Some(record) = self.shared.unwritten.lock().get(order_id) {
+            return Some(OrderRecord::clone(record));
         }
-        let store = self.store.as_ref()?;
-        match store.get(order_id.as_bytes()) {
-            Ok(Some(bytes)) => self.decode(&bytes),
+        let found = {
+            let store = self.shared.store.lock();
+            store.as_ref()?.get(order_id.as_bytes())
+        };
+        match found {
+            Ok(Some(bytes)) => self.shared.decode(&bytes),
             Ok(None) => None,
             Err(error) => {
-                self.failure = Some(error.to_string());
+                self.shared.fail(error.to_string());
                 None
             }
         }
     }
 
-    fn failure(&self) -> Option<&str> {
-        self.failure.as_deref()
+    fn failure(&self) -> Option<String> {
+        self.shared.failure.lock().clone()
     }
 }
 
 impl Drop for PartitionCold {
     fn drop(&mut self) {
+        // What is left unwritten is not needed: the store goes with the book.
+        self.shared.closing.store(true, Ordering::Relaxed);
+        drop(self.to_writer.take());
+        if let Some(writer) = self.writer.take() {
+            let _ = writer.join();
+        }
         // Closed first: its files go with it (a cache of this book only).
-        if self.store.take().is_some() {
-            let _ = std::fs::remove_dir_all(&self.dir);
+        if self.shared.store.lock().take().is_some() {
+            let _ = std::fs::remove_dir_all(&self.shared.dir);
         }
     }
 }
@@ -257,6 +349,21 @@ mod tests {
     use super::*;
     use crate::engine::{OrderBook, OrderState};
 
+    /// `done`'s answer, once it has one (the writer thread works on its own).
+    fn eventually<T>(what: &str, mut done: impl FnMut() -> Option<T>) -> T {
+        let deadline = std::time::Instant::now() + Duration::from_secs(30);
+        loop {
+            if let Some(answer) = done() {
+                return answer;
+            }
+            assert!(
+                std::time::Instant::now() < deadline,
+                "timed out waiting for {what}"
+            );
+            std::thread::sleep(Duration::from_millis(5));
+        }
+    }
+
     fn record(offset: i64) -> OrderRecord {
         OrderRecord::decided(OrderState::Rejected, offset, None)
     }
@@ -272,7 +379,10 @@ mod tests {
         }
         assert_eq!((book.len(), book.evicted()), (100, 0));
         assert_eq!(book.spilled(), orders as u64 - 100);
-        let dirs = std::fs::read_dir(stores.root()).unwrap().count();
+        let dirs = eventually("the book's store", || {
+            let dirs = std::fs::read_dir(stores.root()).ok()?.count();
+            (dirs > 0).then_some(dirs)
+        });
         assert_eq!(dirs, 1, "one store for the book");
         // Written and still pending alike, each found with its record.
         for offset in (0..orders).rev() {
@@ -295,7 +405,7 @@ mod tests {
         for offset in 0..(10 + WRITE_BATCH as i64) {
             book.insert(format!("o-{offset}"), record(offset));
         }
-        let failure = book.cold_failure().expect("the store could not be created");
+        let failure = eventually("the writer's failure", || book.cold_failure());
         assert!(failure.contains("not-a-directory"), "{failure}");
     }
 

@@ -103,7 +103,8 @@ impl OrderRecord {
 /// book forgets its oldest order past its capacity.
 pub trait ColdOrders: Send {
     /// Keeps `record` as `order_id`'s, replacing what was kept before.
-    fn keep(&mut self, order_id: &str, record: &OrderRecord);
+    /// (Both are the book's own, shared: keeping them copies nothing.)
+    fn keep(&mut self, order_id: Arc<str>, record: Arc<OrderRecord>);
     /// What was kept for `order_id`, if anything. Asked for every order ID
     /// the book does not hold, new ones included: "never kept" must be
     /// answered without a disk read.
@@ -111,7 +112,7 @@ pub trait ColdOrders: Send {
     /// Why it can no longer keep or recall orders, if it cannot: a book
     /// whose tier failed may have missed an order it holds, so whoever
     /// drives the book must stop before its outputs leave.
-    fn failure(&self) -> Option<&str> {
+    fn failure(&self) -> Option<String> {
         None
     }
 }
@@ -330,8 +331,9 @@ impl OrderBook {
                     continue;
                 }
                 // Its timer, if any, stays listed: `due` brings it back.
-                cold.keep(&oldest, record);
-                self.orders.remove(&oldest);
+                if let Some(record) = self.orders.remove(&oldest) {
+                    cold.keep(oldest, record);
+                }
                 self.spilled += 1;
                 continue;
             }
@@ -359,7 +361,7 @@ impl OrderBook {
     }
 
     /// Why the book's [`ColdOrders`] failed, if it did (see there).
-    pub fn cold_failure(&self) -> Option<&str> {
+    pub fn cold_failure(&self) -> Option<String> {
         self.cold.as_ref().and_then(|cold| cold.failure())
     }
 

@@ -719,8 +719,9 @@ mod shared_sale {
 struct ColdMap(HashMap<String, OrderRecord>);
 
 impl ColdOrders for ColdMap {
-    fn keep(&mut self, order_id: &str, record: &OrderRecord) {
-        self.0.insert(order_id.to_string(), record.clone());
+    fn keep(&mut self, order_id: Arc<str>, record: Arc<OrderRecord>) {
+        self.0
+            .insert(order_id.to_string(), Arc::unwrap_or_clone(record));
     }
 
     fn recall(&mut self, order_id: &str) -> Option<OrderRecord> {
