@@ -2117,7 +2117,18 @@ mod tests {
 
         #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
         async fn closing_answers_accepted_requests_and_refuses_new_ones() {
-            let limits = small(Duration::from_secs(5));
+            // Limits far beyond what the test uses, so that only closing can
+            // end the pending request: with 8 slots, the connections the
+            // loop below makes before the accept loop is gone (more of them
+            // on a loaded machine) would shed the pending one as the oldest
+            // idle, and close would finish for the wrong reason (a CI run
+            // failed "close waits for the accepted request"); nor may a
+            // head or close timeout run out first.
+            const PATIENT: Duration = Duration::from_secs(60);
+            let limits = Limits {
+                max_connections: 4096,
+                ..small(PATIENT)
+            };
             let (addr, server, shutdown) = start(limits).await;
             let mut pending = TcpStream::connect(addr).await.unwrap();
             pending.write_all(b"GET /ready HTTP/1.1\r\n").await.unwrap();
@@ -2125,7 +2136,7 @@ mod tests {
             shutdown.trigger();
             let closing = tokio::spawn({
                 let server = server.clone();
-                async move { server.close(Duration::from_secs(5)).await }
+                async move { server.close(PATIENT).await }
             });
             // Refused once the accept loop is gone, while the pending
             // request still holds its slot.
