@@ -33,8 +33,9 @@ use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, SystemTime};
 
-/// Orders that left memory written to the store together: one write batch
-/// (fjall's journal append) per this many.
+/// Orders that left memory written to the store together, at most: the
+/// writer takes what has been handed over, up to this many, per write
+/// batch (one fjall journal append).
 pub const WRITE_BATCH: usize = 256;
 /// The expiry each stored record carries: contract Part 2's default
 /// `lifecycle.retention_days` (90). Retention passes over the store are

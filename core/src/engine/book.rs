@@ -128,9 +128,9 @@ const STAY_SCAN: usize = 64;
 /// stays listed here (an order ID and a time), and brings it back when it
 /// fires. Orders with a payment waiting for staff stay in memory (the
 /// attention count lives here), so the book may hold more than
-/// `capacity` by the orders waiting on staff. Without, it is forgotten: a duplicate of a forgotten order
-/// would be decided again, and a cancellation of one ignored, so the
-/// capacity (`engine.dedup_window_orders`) must cover the time over which
+/// `capacity` by the orders waiting on staff. Without, it is forgotten:
+/// a duplicate of a forgotten order would be decided again, and a
+/// cancellation of one ignored, so the capacity (`engine.dedup_window_orders`) must cover the time over which
 /// upstream can redeliver or cancel.
 pub struct OrderBook {
     /// Keys are shared with `arrival` and `timers`: one allocation of an
@@ -313,8 +313,8 @@ impl OrderBook {
     }
 
     /// Moves the oldest orders out of memory until one more fits: to
-    /// `cold` (those with a timer or attention stay, moved to the back),
-    /// or, without it, forgotten.
+    /// `cold` (those waiting on staff stay, moved to the back), or,
+    /// without it, forgotten.
     fn make_room(&mut self) {
         let mut stayed = 0;
         while self.arrival.len() >= self.capacity && stayed < STAY_SCAN.min(self.arrival.len()) {
