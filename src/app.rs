@@ -134,6 +134,7 @@ fn run_until_stopped(
         Engine::new(inventory.clone(), config.limits.clone()).with_policy(config.payments.policy()),
     );
     let (recovery, partitions) = recovery(&config, inventory.clone())?;
+    let recovery = recovery.with_transactions(transactional);
     let routing = Routing {
         partitioner: config.kafka.orders_partitioner,
         partitions: u32::try_from(partitions).context("the orders topic's partition count")?,

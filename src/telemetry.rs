@@ -33,6 +33,7 @@ pub const DLQ_RECORDS_TOTAL: &str = "orderflow_dlq_records_total";
 pub const CANCELLATIONS_IGNORED_TOTAL: &str = "orderflow_cancellations_ignored_total";
 pub const RECORDS_REPLAYED_TOTAL: &str = "orderflow_records_replayed_total";
 pub const RECOVERED_ORDERS_TOTAL: &str = "orderflow_recovered_orders_total";
+pub const RESTORE_RECORDS_READ_TOTAL: &str = "orderflow_restore_records_read_total";
 pub const ORDER_LATENCY_SECONDS: &str = "orderflow_order_latency_seconds";
 pub const ORDER_LATENCY_OUT_OF_RANGE_TOTAL: &str = "orderflow_order_latency_out_of_range_total";
 pub const PROCESSING_SECONDS: &str = "orderflow_processing_seconds";
@@ -67,13 +68,14 @@ pub enum Kind {
 
 /// Every metric this process exports, with its kind. Dashboards, alert
 /// rules and their tests are checked against this list.
-pub const METRICS: [(&str, Kind); 29] = [
+pub const METRICS: [(&str, Kind); 30] = [
     (ORDERS_TOTAL, Kind::Counter),
     (ORDERS_REJECTED_TOTAL, Kind::Counter),
     (DLQ_RECORDS_TOTAL, Kind::Counter),
     (CANCELLATIONS_IGNORED_TOTAL, Kind::Counter),
     (RECORDS_REPLAYED_TOTAL, Kind::Counter),
     (RECOVERED_ORDERS_TOTAL, Kind::Counter),
+    (RESTORE_RECORDS_READ_TOTAL, Kind::Counter),
     (ORDER_LATENCY_SECONDS, Kind::Histogram),
     (ORDER_LATENCY_OUT_OF_RANGE_TOTAL, Kind::Counter),
     (PROCESSING_SECONDS, Kind::Histogram),
@@ -325,7 +327,11 @@ pub fn describe() {
     );
     describe_counter!(
         RECOVERED_ORDERS_TOTAL,
-        "Order decisions restored from the status topic's changelog at start."
+        "Order records a restore applied (status headers and state records)."
+    );
+    describe_counter!(
+        RESTORE_RECORDS_READ_TOTAL,
+        "Records restores read (statuses without transactions, then order-state)."
     );
     describe_histogram!(
         ORDER_LATENCY_SECONDS,
@@ -780,15 +786,17 @@ impl Drop for ShardTelemetry {
     }
 }
 
-/// Decisions restored from the status topic at start.
-/// Partitions' state restored from the status topic: counted and logged.
-pub fn orders_recovered(partitions: &[i32], count: u64, elapsed: Duration) {
-    counter!(RECOVERED_ORDERS_TOTAL).increment(count);
+/// Partitions' state restored: the order records applied and the records
+/// read, counted and logged.
+pub fn orders_recovered(partitions: &[i32], applied: u64, read: u64, elapsed: Duration) {
+    counter!(RECOVERED_ORDERS_TOTAL).increment(applied);
+    counter!(RESTORE_RECORDS_READ_TOTAL).increment(read);
     tracing::info!(
         ?partitions,
-        decisions = count,
+        applied,
+        read,
         elapsed_ms = elapsed.as_millis() as u64,
-        "partition state restored from the status topic"
+        "partition state restored"
     );
 }
 

@@ -275,20 +275,36 @@ fn kafka_init_creates_every_contract_topic_with_explicit_partitions() {
     let script = strings(&init["command"]).join("\n");
     assert!(script.contains("kafka-topics.sh"));
     let topics = Config::defaults().topics;
-    for topic in [
-        &topics.orders,
-        &topics.inventory,
-        &topics.status,
-        &topics.fulfillments,
-        &topics.dlq,
-    ] {
+    let created = |topic: &str| {
         let line = script
             .lines()
-            .find(|l| l.split_whitespace().take(2).eq(["create", topic.as_str()]))
+            .find(|l| l.split_whitespace().take(2).eq(["create", topic]))
             .unwrap_or_else(|| panic!("kafka-init does not create {topic}"));
         let partitions: u32 = line.split_whitespace().nth(2).unwrap().parse().unwrap();
         assert!(partitions >= 1, "{line}");
+        (partitions, line.to_string())
+    };
+    for topic in [&topics.inventory, &topics.dlq] {
+        created(topic);
     }
+    // The processor refuses to start unless each topic an orders
+    // partition writes by number has as many partitions as `orders`.
+    let (orders, _) = created(&topics.orders);
+    for topic in [
+        &topics.status,
+        &topics.fulfillments,
+        &topics.events,
+        &topics.payment_requests,
+        &topics.state,
+    ] {
+        let (partitions, line) = created(topic);
+        assert!(partitions >= orders, "{line}: fewer partitions than orders");
+    }
+    let (_, state) = created(&topics.state);
+    assert!(
+        state.contains("cleanup.policy=compact"),
+        "the changelog is compacted: {state}"
+    );
     let kafka = service(&compose, "kafka");
     let env = environment(&kafka);
     let get = |k: &str| {

@@ -2,13 +2,22 @@
 //! partition's on-disk store (`engine.store_dir`, see `src/cold.rs`) and
 //! are found there again, so an order is decided once however late its
 //! duplicate comes, and a cancellation of an old order gives its units
-//! back. A restart after SIGKILL rebuilds the store from the status topic
+//! back. A restart after SIGKILL rebuilds the store from the changelog
 //! (the killed process's files are never read, and are removed) and
 //! decides no old order twice.
+//!
+//! The changelog: every change of an order writes its record to
+//! `order-state` (compacted by order ID), so a restore with transactions
+//! reads about one record per order, however many changes the sale made,
+//! instead of every status ever written. Without transactions a restore
+//! reads the status topic too (a status may lack its copy after a crash):
+//! the control.
 
 mod common;
 
-use common::{inventory_records, json, wait_for, Broker, Processor};
+use common::{
+    free_port, http_get, inventory_records, json, wait_for, Broker, KafkaOptions, Processor,
+};
 use rdkafka::message::{Message, OwnedMessage};
 use serde_json::json;
 use std::collections::HashMap;
@@ -123,26 +132,56 @@ fn a_duplicate_sent_after_three_times_the_window_gets_no_second_status() {
     assert_eq!(without, ["accepted", "accepted", "cancelled"]);
 }
 
-/// `orderflow run` as a child process, its stores under `store_dir`.
-fn spawn(broker: &Broker, store_dir: &Path) -> Child {
-    Command::new(env!("CARGO_BIN_EXE_orderflow"))
-        .args(["run", "--brokers", &broker.addr()])
-        .args(["--set", "kafka.session_timeout_ms=6000"])
-        .args(["--set", "log.level=warn"])
-        .args(["--set", "metrics.enabled=false"])
-        .args(["--set", "payments.adapter=external"])
-        .args(["--set", &format!("engine.dedup_window_orders={WINDOW}")])
-        .args([
-            "--set",
-            &format!("engine.store_dir={}", store_dir.display()),
-        ])
-        .stdin(Stdio::null())
-        .spawn()
-        .expect("starting orderflow")
+/// A child process, killed (SIGKILL) when dropped: also when an
+/// assertion fails.
+struct Killed(Child);
+
+impl Killed {
+    fn id(&self) -> u32 {
+        self.0.id()
+    }
+}
+
+impl Drop for Killed {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
+/// `orderflow run` as a child process, with `sets` (`section.key=value`)
+/// after the test's own.
+fn spawn(broker: &Broker, sets: &[&str]) -> Killed {
+    let mut command = Command::new(env!("CARGO_BIN_EXE_orderflow"));
+    command.args(["run", "--brokers", &broker.addr()]);
+    for set in [
+        "kafka.session_timeout_ms=6000",
+        "log.level=warn",
+        "metrics.enabled=false",
+        "payments.adapter=external",
+    ]
+    .iter()
+    .chain(sets)
+    {
+        command.args(["--set", set]);
+    }
+    Killed(
+        command
+            .stdin(Stdio::null())
+            .spawn()
+            .expect("starting orderflow"),
+    )
+}
+
+/// A process with its stores under `store_dir`.
+fn spawn_with_store(broker: &Broker, store_dir: &Path) -> Killed {
+    let window = format!("engine.dedup_window_orders={WINDOW}");
+    let store = format!("engine.store_dir={}", store_dir.display());
+    spawn(broker, &[&window, &store])
 }
 
 #[test]
-fn after_sigkill_the_store_is_rebuilt_from_the_status_topic_and_nothing_is_decided_twice() {
+fn after_sigkill_the_store_is_rebuilt_from_the_changelog_and_nothing_is_decided_twice() {
     // Enough past the window for the store to write (and so make its
     // files): orders leave memory in batches.
     const ORDERS: usize = WINDOW + 2 * orderflow::cold::WRITE_BATCH;
@@ -150,7 +189,7 @@ fn after_sigkill_the_store_is_rebuilt_from_the_status_topic_and_nothing_is_decid
     let base = tempfile::tempdir().unwrap();
     let ids: Vec<String> = (0..ORDERS).map(|i| format!("o-{i}")).collect();
 
-    let mut first = spawn(&broker, base.path());
+    let first = spawn_with_store(&broker, base.path());
     let first_stores = base.path().join(format!("orderflow-store-{}", first.id()));
     let mut records: Vec<_> = ids.iter().map(|id| record(id, order(id))).collect();
     records.push(record("o-sentinel-1", order("o-sentinel-1")));
@@ -161,11 +200,10 @@ fn after_sigkill_the_store_is_rebuilt_from_the_status_topic_and_nothing_is_decid
         "orders past the window went to a store at {}",
         first_stores.display()
     );
-    first.kill().unwrap();
-    first.wait().unwrap();
+    drop(first);
     assert!(first_stores.exists(), "SIGKILL left the store's files");
 
-    let mut second = spawn(&broker, base.path());
+    let second = spawn_with_store(&broker, base.path());
     // Every order again (older than the window, and than the restore's
     // window too), a cancellation of the oldest, then a sentinel.
     let mut records: Vec<_> = ids.iter().map(|id| record(id, order(id))).collect();
@@ -176,12 +214,133 @@ fn after_sigkill_the_store_is_rebuilt_from_the_status_topic_and_nothing_is_decid
     wait_for("the killed process's stores to be removed", TIMEOUT, || {
         (!first_stores.exists()).then_some(())
     });
-    second.kill().unwrap();
-    second.wait().unwrap();
+    drop(second);
 
     let by_id = statuses(&broker);
     assert_eq!(by_id[&ids[0]], ["accepted", "cancelled"], "{}", ids[0]);
     for id in &ids[1..] {
         assert_eq!(by_id[id], ["accepted"], "{id} decided once");
     }
+}
+
+/// Orders of the changelog test's sale; each is placed, then cancelled:
+/// two changes.
+const SALE_ORDERS: usize = 300;
+/// Records a compacted read may hold besides one per order: the newest
+/// segments, which the cleaner leaves alone (the sentinels' records).
+const ACTIVE_SLACK: u64 = 10;
+
+/// The records a finished restore read, from /metrics.
+fn restored_records(metrics: &str) -> u64 {
+    wait_for("the restore to finish", TIMEOUT, || {
+        let (_, body) = http_get(metrics, "/metrics")?;
+        body.lines()
+            .find_map(|line| line.strip_prefix("orderflow_restore_records_read_total "))
+            .and_then(|value| value.trim().parse::<f64>().ok())
+            .filter(|value| *value > 0.0)
+            .map(|value| value as u64)
+    })
+}
+
+#[test]
+fn a_restore_with_transactions_reads_the_compacted_state_topic_not_the_sales_history() {
+    // The log cleaner looks for work every 200 ms (default 15 s), and
+    // `order-state` rolls a segment every 100 ms and compacts any dirt.
+    let broker = Broker::start_kafka(&KafkaOptions {
+        properties: vec!["log.cleaner.backoff.ms=200".into()],
+        ..KafkaOptions::default()
+    });
+    broker.create_configured_topics(&[(
+        "order-state",
+        1,
+        &[
+            ("cleanup.policy", "compact"),
+            ("segment.ms", "100"),
+            ("min.cleanable.dirty.ratio", "0.01"),
+            ("min.compaction.lag.ms", "0"),
+        ],
+    )]);
+    broker.create_contract_topics(1);
+    broker.produce(
+        "inventory",
+        &inventory_records(&[
+            json!({"type": "stock_set", "sku": "A", "available": 100_000, "prices": {"EUR": 500}}),
+        ]),
+    );
+    let ids: Vec<String> = (0..SALE_ORDERS).map(|i| format!("o-{i}")).collect();
+
+    let metrics = format!("127.0.0.1:{}", free_port());
+    let listen = format!("metrics.listen={metrics}");
+    let first = spawn(
+        &broker,
+        &["metrics.enabled=true", &listen, "kafka.transactions=on"],
+    );
+    let placed: Vec<_> = ids.iter().map(|id| record(id, order(id))).collect();
+    broker.produce("orders", &placed);
+    wait_for_status(&broker, &ids[SALE_ORDERS - 1]);
+    let cancelled: Vec<_> = ids.iter().map(|id| record(id, cancel(id))).collect();
+    broker.produce("orders", &cancelled);
+    wait_for_status(&broker, &ids[SALE_ORDERS - 1]);
+    broker.read_until("order-status", TIMEOUT, |messages| {
+        messages.len() >= 2 * SALE_ORDERS
+    });
+    // Later records roll the cancellations' segment, so the cleaner may
+    // compact it: one sentinel at a time until the log is compacted.
+    let mut sentinels = 0;
+    wait_for("order-state to be compacted", TIMEOUT, || {
+        sentinels += 1;
+        let id = format!("o-sentinel-{sentinels}");
+        broker.produce("orders", &[record(&id, order(&id))]);
+        wait_for_status(&broker, &id);
+        let kept = broker.read_to_end("order-state").len() as u64;
+        (kept <= SALE_ORDERS as u64 + ACTIVE_SLACK).then_some(kept)
+    });
+    drop(first);
+
+    // SIGKILL, then a new instance: it restores from order-state alone.
+    let second = spawn(
+        &broker,
+        &["metrics.enabled=true", &listen, "kafka.transactions=on"],
+    );
+    let read = restored_records(&metrics);
+    let history = broker.read_to_end("order-status").len() as u64;
+    assert!(
+        read <= SALE_ORDERS as u64 + ACTIVE_SLACK + sentinels,
+        "the restore read {read} records for {SALE_ORDERS} orders"
+    );
+    assert!(
+        history >= 2 * SALE_ORDERS as u64,
+        "{history} statuses written"
+    );
+    // Every order again, and its cancellation: nothing is decided twice.
+    let again: Vec<_> = ids
+        .iter()
+        .flat_map(|id| [record(id, order(id)), record(id, cancel(id))])
+        .chain([record("o-last", order("o-last"))])
+        .collect();
+    broker.produce("orders", &again);
+    wait_for_status(&broker, "o-last");
+    drop(second);
+    let by_id = statuses(&broker);
+    for id in &ids {
+        assert_eq!(by_id[id], ["accepted", "cancelled"], "{id} decided once");
+    }
+
+    // The control: without transactions the restore reads the statuses
+    // too, so its count grows with the sale's history.
+    let third = spawn(
+        &broker,
+        &["metrics.enabled=true", &listen, "kafka.transactions=off"],
+    );
+    let read_without = restored_records(&metrics);
+    drop(third);
+    println!(
+        "{SALE_ORDERS} orders, {history} statuses: the restore read {read} records with \
+         transactions, {read_without} without"
+    );
+    assert!(
+        read_without >= history,
+        "without transactions the restore read {read_without} records, \
+         fewer than the {history} statuses"
+    );
 }

@@ -7,14 +7,20 @@
 //! consumer goes on deciding its other partitions meanwhile; it resumes the
 //! new ones once their books are with their shards (see `source`).
 //!
-//! Every status goes to the partition of the status topic with the same
-//! number as its order's partition of `orders` (see `worker`), so the state
-//! of orders partition `p` is status partition `p` read from the beginning:
-//! each status's changelog header rebuilds `p`'s order book and puts back
-//! in the inventory what `p`'s orders hold (see the `state` module). After
-//! it, partition `p` of the state topic: the records of changes that have
-//! no status (a capture, a shipment, a return); each order keeps its
-//! newest record by version.
+//! Every change of an order writes the order's new record to the
+//! partition of the state topic (compacted by order ID) with the same
+//! number as its order's partition of `orders` (see `worker`), so the
+//! state of orders partition `p` is state partition `p` read from the
+//! beginning: each record rebuilds `p`'s order book and puts back in the
+//! inventory what `p`'s orders hold (see the `state` module), each order
+//! keeping its newest record by version. Compaction keeps that read to
+//! about one record per order, however many changes the sale made.
+//!
+//! A status carries the same record in its header. With transactions a
+//! status and its state copy commit together, and the state topic is all
+//! a restore reads. Without them, the copy follows the status's
+//! acknowledgement, and a crash in between leaves a status whose copy
+//! never went; so a restore first reads status partition `p` whole.
 
 use super::catch_up::{partitions_of, read_to_end};
 use super::tracker::OffsetTracker;
@@ -69,6 +75,12 @@ pub struct Recovery {
     /// Where restored books put the orders past `capacity` (`None`: they
     /// forget them).
     stores: Option<Arc<Stores>>,
+    /// Whether a restore reads the status topic before the state topic.
+    /// Without transactions it must: a status acknowledged just before a
+    /// crash may lack its state copy. With them, a status and its copy
+    /// commit together, so the compacted state topic alone holds every
+    /// order's newest record.
+    statuses: bool,
 }
 
 impl Recovery {
@@ -84,7 +96,15 @@ impl Recovery {
             capacity: config.engine.dedup_window_orders,
             quota_of: None,
             stores: Stores::new(&config.engine.store_dir, config.engine.dedup_window_orders),
+            statuses: true,
         })
+    }
+
+    /// Restores from the state topic alone: every status was committed in
+    /// the transaction of its state copy.
+    pub fn with_transactions(mut self, transactional: bool) -> Self {
+        self.statuses = !transactional;
+        self
     }
 
     /// Restores books that sell only their quota of `partitions`.
@@ -112,11 +132,16 @@ impl Recovery {
                 restorer = restorer.with_cold(Box::new(|partition| stores.cold(partition)));
             }
             match self.read(partitions, &mut restorer, stop) {
-                Ok(()) if !stop() => {
-                    telemetry::orders_recovered(partitions, restorer.applied, started.elapsed());
+                Ok(read) if !stop() => {
+                    telemetry::orders_recovered(
+                        partitions,
+                        restorer.applied,
+                        read,
+                        started.elapsed(),
+                    );
                     return Some(restorer.finish(partitions));
                 }
-                Ok(()) => {
+                Ok(_) => {
                     give_back(&self.inventory, restorer.finish(&[]).values());
                     return None;
                 }
@@ -139,9 +164,57 @@ impl Recovery {
         partitions: &[i32],
         restorer: &mut Restorer<'_>,
         stop: &dyn Fn() -> bool,
-    ) -> Result<(), StartError> {
+    ) -> Result<u64, StartError> {
+        let mut read = 0;
+        if self.statuses {
+            read += self.read_statuses(partitions, restorer, stop)?;
+        }
+        // Then the order records of the state topic (every change's, since
+        // statuses got copies; before, only those without a status): the
+        // restorer keeps each order's newest record by its version,
+        // whichever topic it came from.
         let mut unreadable = 0u64;
-        read_to_end(
+        read += read_to_end(
+            &self.reader,
+            &self.state_topic,
+            Some(partitions),
+            &self.brokers,
+            stop,
+            |message| {
+                let entry = message.payload().map(state::decode);
+                match (
+                    message.key().and_then(|k| std::str::from_utf8(k).ok()),
+                    entry,
+                ) {
+                    (Some(order_id), Some(Ok(entry))) if partitions.contains(&entry.partition) => {
+                        restorer.apply(order_id, entry)
+                    }
+                    (Some(_), Some(Ok(_))) => {}
+                    // A tombstone (compaction) or a record this version
+                    // cannot read.
+                    (_, None) => {}
+                    _ => unreadable += 1,
+                }
+            },
+        )?;
+        if unreadable > 0 {
+            tracing::warn!(
+                unreadable,
+                "order-state records that could not be read were skipped"
+            );
+        }
+        Ok(read)
+    }
+
+    /// Applies each status's changelog header; returns the records read.
+    fn read_statuses(
+        &self,
+        partitions: &[i32],
+        restorer: &mut Restorer<'_>,
+        stop: &dyn Fn() -> bool,
+    ) -> Result<u64, StartError> {
+        let mut unreadable = 0u64;
+        let read = read_to_end(
             &self.reader,
             &self.topic,
             Some(partitions),
@@ -173,40 +246,7 @@ impl Recovery {
                 "status records without a readable state header were skipped"
             );
         }
-        // Then the changes that have no status (payments, shipments,
-        // returns): the restorer keeps each order's newest record by its
-        // version, whichever topic it came from.
-        let mut unreadable = 0u64;
-        read_to_end(
-            &self.reader,
-            &self.state_topic,
-            Some(partitions),
-            &self.brokers,
-            stop,
-            |message| {
-                let entry = message.payload().map(state::decode);
-                match (
-                    message.key().and_then(|k| std::str::from_utf8(k).ok()),
-                    entry,
-                ) {
-                    (Some(order_id), Some(Ok(entry))) if partitions.contains(&entry.partition) => {
-                        restorer.apply(order_id, entry)
-                    }
-                    (Some(_), Some(Ok(_))) => {}
-                    // A tombstone (compaction) or a record this version
-                    // cannot read.
-                    (_, None) => {}
-                    _ => unreadable += 1,
-                }
-            },
-        )?;
-        if unreadable > 0 {
-            tracing::warn!(
-                unreadable,
-                "order-state records that could not be read were skipped"
-            );
-        }
-        Ok(())
+        Ok(read)
     }
 }
 

@@ -472,6 +472,23 @@ impl Sink {
         }
     }
 
+    /// Like [`Sink::send_then`], and `sibling` (no follow-ups) with it, in
+    /// the same transaction where there are transactions.
+    pub fn send_with(
+        &self,
+        record: Outgoing,
+        sibling: Outgoing,
+        token: usize,
+        then: Vec<Outgoing>,
+    ) {
+        let Some(first) = self.sized(record, token, then) else {
+            return;
+        };
+        if let Some(second) = self.sized(sibling, token, Vec::new()) {
+            send_all_until_queued(&self.producer, &self.shared, [first, second]);
+        }
+    }
+
     /// Like [`Sink::send_then`], but if every output of the record at
     /// offset `earlier` of the same partition is not acknowledged yet, the
     /// record is held and sent once they are (an order's cancellation
@@ -650,21 +667,38 @@ pub fn owned_headers(headers: &[HeaderPair<'_>]) -> OwnedHeaders {
 }
 
 fn send_until_queued(producer: &ThreadedProducer<SinkContext>, shared: &Shared, queued: Queued) {
-    let Queued { record, delivery } = queued;
-    // Held until the record is queued, so a commit cannot run in between.
+    send_all_until_queued(producer, shared, [queued]);
+}
+
+/// Enqueues every record of `all` in one open transaction (where there
+/// are transactions): a commit cannot run between them.
+fn send_all_until_queued<const N: usize>(
+    producer: &ThreadedProducer<SinkContext>,
+    shared: &Shared,
+    all: [Queued; N],
+) {
+    // Held until the records are queued, so a commit cannot run in between.
     let _open = match shared.gate.as_deref() {
         None => None,
         Some(gate) => match gate.open() {
             Some(open) => Some(open),
             None => {
                 // The transaction was aborted (the processor is stopping)
-                // or committed for the last time: this record belongs to
-                // no transaction, and its source record stays uncommitted.
-                tracing::debug!(topic = %record.topic, "not sent: no open transaction");
+                // or committed for the last time: these records belong to
+                // no transaction, and their source record stays uncommitted.
+                tracing::debug!(records = N, "not sent: no open transaction");
                 return;
             }
         },
     };
+    for queued in all {
+        enqueue(producer, shared, queued);
+    }
+}
+
+/// Hands one record to librdkafka, waiting while its queue is full.
+fn enqueue(producer: &ThreadedProducer<SinkContext>, shared: &Shared, queued: Queued) {
+    let Queued { record, delivery } = queued;
     if let Some(gate) = shared.gate.as_deref() {
         if matches!(
             token::unpack(delivery.token),

@@ -149,7 +149,7 @@ impl Shard {
             }
             // Register before sending, so no delivery report can come first.
             self.tracker
-                .begin(record.partition, record.offset, outputs.len() as u32);
+                .begin(record.partition, record.offset, records_of(&outputs));
             metrics.outputs_emitted(&outputs);
             // An order's later record (its cancellation) sends nothing
             // before the record that placed it has all its outputs
@@ -205,12 +205,15 @@ impl Shard {
         if outputs.is_empty() {
             return;
         }
-        let (first, then) = records(&self.topics, partition, outputs, |dead| {
+        let Records { first, copy, then } = records(&self.topics, partition, outputs, |dead| {
             debug_assert!(false, "the clock made a dead letter: {dead:?}");
         });
-        match first {
-            Some(first) => self.sink.send_then(first, token::UNTRACKED, then),
-            None => then
+        // Nothing holds a transaction's commit back for untracked outputs
+        // (see `transaction`), so a status and its copy go in together.
+        match (first, copy) {
+            (Some(first), Some(copy)) => self.sink.send_with(first, copy, token::UNTRACKED, then),
+            (Some(first), None) => self.sink.send_then(first, token::UNTRACKED, then),
+            (None, _) => then
                 .into_iter()
                 .for_each(|next| self.sink.send(next, token::UNTRACKED)),
         }
@@ -221,7 +224,7 @@ impl Shard {
     /// are sent once the status is acknowledged (see `sink`).
     fn send(&self, record: &Record, earlier: Option<i64>, outputs: &mut Vec<Output>) {
         let token = token::pack(record.partition, record.offset);
-        let (status, fulfillments) = records(&self.topics, record.partition, outputs, |dead| {
+        let records = records(&self.topics, record.partition, outputs, |dead| {
             self.sink.send_dead_letter(
                 &self.topics.dlq,
                 (&self.topics.orders, record.partition, record.offset),
@@ -235,6 +238,16 @@ impl Shard {
             Some(earlier) => self.sink.send_after(earlier, record, token, then),
             None => self.sink.send_then(record, token, then),
         };
+        // The copy follows its status: a transaction commits only once
+        // every follow-up of the records it covers is acknowledged.
+        let Records {
+            first: status,
+            copy,
+            then: mut fulfillments,
+        } = records;
+        if let Some(copy) = copy {
+            fulfillments.insert(0, copy);
+        }
         match status {
             Some(status) => send(status, fulfillments),
             // A replay: the status is already out; only follow-ups go again.
@@ -243,16 +256,29 @@ impl Shard {
     }
 }
 
-/// The records of one orders record's outputs, of orders `partition`:
-/// its status (with its changelog header) and fulfillments; dead letters
-/// go to `dead_letter` (the sink cuts them to fit).
+/// What one orders record's outputs become, of orders `partition`.
+#[derive(Debug, Default)]
+struct Records {
+    /// The status (with its changelog header), or the state record of a
+    /// change without a status: the rest follows it.
+    first: Option<Outgoing>,
+    /// The state topic's copy of a status's record: in the transaction
+    /// of the status, where there are transactions.
+    copy: Option<Outgoing>,
+    /// Fulfillments, events and commands.
+    then: Vec<Outgoing>,
+}
+
+/// The records of one orders record's outputs, of orders `partition`;
+/// dead letters go to `dead_letter` (the sink cuts them to fit).
 fn records(
     topics: &Topics,
     partition: i32,
     outputs: &mut Vec<Output>,
     mut dead_letter: impl FnMut(crate::order::decode::DeadLetter),
-) -> (Option<Outgoing>, Vec<Outgoing>) {
+) -> Records {
     let mut status = None;
+    let mut copy = None;
     let mut fulfillments = Vec::new();
     for output in outputs.drain(..) {
         match output {
@@ -262,8 +288,17 @@ fn records(
                 record: change,
             } => {
                 let header = state::encode_record(partition, &change);
-                // The status topic is the changelog of each orders
-                // partition: same partition number (see `recovery`).
+                // The order's record goes twice: in the status's header
+                // (the status topic, which a restore without transactions
+                // reads whole) and to the compacted state topic (all that
+                // a restore with transactions reads). Same partition
+                // number in each (see `recovery`).
+                copy = Some(keyed(
+                    &topics.state,
+                    partition,
+                    order_id.clone(),
+                    header.clone(),
+                ));
                 status = Some(Outgoing {
                     topic: topics.status.clone(),
                     partition: Some(partition),
@@ -312,7 +347,11 @@ fn records(
             Output::DeadLetter(dead) => dead_letter(dead),
         }
     }
-    (status, fulfillments)
+    Records {
+        first: status,
+        copy,
+        then: fulfillments,
+    }
 }
 
 fn keyed(topic: &str, partition: i32, order_id: String, payload: Vec<u8>) -> Outgoing {
@@ -328,6 +367,16 @@ fn keyed(topic: &str, partition: i32, order_id: String, payload: Vec<u8>) -> Out
 /// Payments and refunds waiting for staff in `books`.
 fn in_attention(books: &HashMap<i32, OrderBook>) -> usize {
     books.values().map(OrderBook::in_attention).sum()
+}
+
+/// How many records `outputs` become (see `records`): a status also
+/// writes its order's record to the state topic.
+fn records_of(outputs: &[Output]) -> u32 {
+    let statuses = outputs
+        .iter()
+        .filter(|output| matches!(output, Output::Status { .. }))
+        .count();
+    u32::try_from(outputs.len() + statuses).unwrap_or(u32::MAX)
 }
 
 /// The order an output is about, if any.
@@ -459,8 +508,8 @@ mod tests {
                     !outputs.is_empty(),
                     "{lines}/{sku_bytes}/{key_bytes}: {outputs:?}"
                 );
-                let (status, fulfillments) = records(&topics(), 0, &mut outputs, |_| {});
-                for output in status.iter().chain(&fulfillments) {
+                let Records { first, copy, then } = records(&topics(), 0, &mut outputs, |_| {});
+                for output in first.iter().chain(&copy).chain(&then) {
                     let bytes = output.wire_bytes();
                     largest = largest.max(bytes * 1000 / value.len().max(order.len()));
                     assert!(
@@ -479,8 +528,9 @@ mod tests {
                 time::OffsetDateTime::now_utc(),
                 &mut outputs,
             );
-            let (status, _) = records(&topics(), 0, &mut outputs, |_| {});
-            let status = status.expect("a rejection");
+            let status = records(&topics(), 0, &mut outputs, |_| {})
+                .first
+                .expect("a rejection");
             assert!(
                 status.wire_bytes() <= bound,
                 "rejection: {}",
@@ -491,6 +541,59 @@ mod tests {
             "largest output per record byte: {}.{:03}",
             largest / 1000,
             largest % 1000
+        );
+    }
+
+    #[test]
+    fn a_status_copies_its_record_to_the_state_topic_and_the_tracker_counts_it() {
+        let inventory = Arc::new(Inventory::new());
+        inventory
+            .apply(&crate::order::InventoryEvent::StockSet {
+                sku: "S".into(),
+                available: 10,
+                prices: [("USD".to_string(), 100)].into_iter().collect(),
+                max_per_customer: None,
+            })
+            .unwrap();
+        let engine = Engine::new(inventory, Limits::default());
+        let mut book = OrderBook::new(10);
+        let order = serde_json::to_vec(&serde_json::json!({"type": "order_placed",
+            "order_id": "o-1", "customer_id": "c", "placed_at": "2026-11-23T12:00:00Z",
+            "currency": "USD", "lines": [{"sku": "S", "quantity": 2, "unit_price_minor": 100}]}))
+        .unwrap();
+        let mut outputs = Vec::new();
+        engine.process(
+            &mut book,
+            7,
+            Some(b"o-1"),
+            Some(&order),
+            OffsetDateTime::now_utc(),
+            &mut outputs,
+        );
+        let counted = records_of(&outputs);
+        let Records { first, copy, then } = records(&topics(), 3, &mut outputs, |_| {});
+        let status = first.expect("a status");
+        let copy = copy.expect("the status's record, copied");
+        assert_eq!(status.topic, "order-status");
+        assert_eq!(
+            (copy.topic.as_str(), copy.partition),
+            ("order-state", Some(3))
+        );
+        assert_eq!(copy.key.as_deref(), Some(&b"o-1"[..]));
+        let header = status.headers.as_ref().and_then(|headers| {
+            use rdkafka::message::Headers;
+            headers
+                .iter()
+                .find(|h| h.key == state::HEADER)
+                .and_then(|h| h.value.map(<[u8]>::to_vec))
+        });
+        assert_eq!(copy.payload, header, "the copy is the status's header");
+        let entry = state::decode(copy.payload.as_deref().unwrap()).unwrap();
+        assert_eq!((entry.partition, entry.record.offset), (3, 7));
+        assert_eq!(
+            counted as usize,
+            2 + then.len(),
+            "the tracker waits for the status, its copy and what follows"
         );
     }
 

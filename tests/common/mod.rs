@@ -110,6 +110,12 @@ pub struct KafkaOptions {
     pub format_args: Vec<String>,
 }
 
+/// Topic configs, as (key, value).
+pub type TopicConfigs<'a> = &'a [(&'a str, &'a str)];
+
+/// The topic config of a compacted topic (`order-state`).
+pub const COMPACTED: TopicConfigs<'static> = &[("cleanup.policy", "compact")];
+
 pub struct Broker {
     child: Option<Child>,
     /// The PLAINTEXT listener, which the harness itself uses.
@@ -273,11 +279,27 @@ impl Broker {
     }
 
     pub fn create_topics(&self, topics: &[(&str, i32)]) {
+        let plain: Vec<_> = topics
+            .iter()
+            .map(|(name, n)| (*name, *n, &[][..]))
+            .collect();
+        self.create_configured_topics(&plain);
+    }
+
+    /// Creates topics (name, partitions, topic configs); one that exists
+    /// already is left as it is.
+    pub fn create_configured_topics(&self, topics: &[(&str, i32, TopicConfigs<'_>)]) {
         let admin: AdminClient<DefaultClientContext> = self.client_config().create().unwrap();
         let new: Vec<NewTopic> = topics
             .iter()
-            .map(|(name, partitions)| NewTopic::new(name, *partitions, TopicReplication::Fixed(1)))
+            .map(|(name, partitions, configs)| {
+                configs.iter().fold(
+                    NewTopic::new(name, *partitions, TopicReplication::Fixed(1)),
+                    |topic, (key, value)| topic.set(key, value),
+                )
+            })
             .collect();
+        let topics: Vec<(&str, i32)> = topics.iter().map(|(name, n, _)| (*name, *n)).collect();
         let runtime = tokio::runtime::Builder::new_current_thread()
             .enable_all()
             .build()
@@ -298,7 +320,7 @@ impl Broker {
             }
         }
         let consumer: BaseConsumer = self.client_config().create().unwrap();
-        for (name, partitions) in topics {
+        for (name, partitions) in &topics {
             wait_for(
                 &format!("topic {name} with {partitions} partitions"),
                 ADMIN_TIMEOUT,
@@ -316,8 +338,10 @@ impl Broker {
         }
     }
 
-    /// The contract's five topics with the given partition counts.
+    /// The contract's topics with the given partition counts, `order-state`
+    /// compacted as the README creates it.
     pub fn create_contract_topics(&self, partitions: i32) {
+        self.create_configured_topics(&[("order-state", partitions, COMPACTED)]);
         self.create_topics(&[
             ("orders", partitions),
             ("inventory", 1),
@@ -326,7 +350,6 @@ impl Broker {
             ("orders-dlq", 1),
             ("order-events", partitions),
             ("payment-requests", partitions),
-            ("order-state", partitions),
         ]);
     }
 
