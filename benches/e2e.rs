@@ -292,7 +292,7 @@ impl Plan {
             let partition = partition as i32;
             let planned: Vec<Planned> = out
                 .drain(..)
-                .map(|output| planned(output, partition, offset, key, value))
+                .flat_map(|output| planned(output, partition, offset, key, value))
                 .collect();
             for p in &planned {
                 plan.counts[p.kind as usize] += 1;
@@ -366,9 +366,10 @@ fn header_bytes(headers: &OwnedHeaders) -> usize {
         .sum()
 }
 
-/// orderflow's record for one output, as `kafka::worker::records` builds
-/// it (dead letters by `kafka::sink::dead_letter` itself).
-fn planned(output: Output, partition: i32, offset: i64, key: &[u8], value: &[u8]) -> Planned {
+/// orderflow's records for one output, as `kafka::worker::records` builds
+/// them (dead letters by `kafka::sink::dead_letter` itself): a status
+/// also copies its record to the state topic.
+fn planned(output: Output, partition: i32, offset: i64, key: &[u8], value: &[u8]) -> Vec<Planned> {
     let keyed = |kind, order_id: String, payload| Planned {
         kind,
         same_partition: true,
@@ -376,20 +377,21 @@ fn planned(output: Output, partition: i32, offset: i64, key: &[u8], value: &[u8]
         payload: Some(payload),
         headers: None,
     };
-    match output {
+    let one = match output {
         Output::Status {
             order_id,
             payload,
             record,
         } => {
             let header = state::encode_record(partition, &record);
-            Planned {
+            let status = Planned {
                 headers: Some(OwnedHeaders::new().insert(Header {
                     key: state::HEADER,
                     value: Some(&header),
                 })),
-                ..keyed(Kind::Status, order_id, payload)
-            }
+                ..keyed(Kind::Status, order_id.clone(), payload)
+            };
+            return vec![status, keyed(Kind::State, order_id, header)];
         }
         Output::Fulfillment {
             order_id, payload, ..
@@ -425,7 +427,8 @@ fn planned(output: Output, partition: i32, offset: i64, key: &[u8], value: &[u8]
                 headers: record.headers,
             }
         }
-    }
+    };
+    vec![one]
 }
 
 fn producer_config(broker: &Broker, linger_ms: &str) -> rdkafka::ClientConfig {

@@ -107,6 +107,13 @@ fn run_until_stopped(
     // First: wrong credentials or missing ACLs would surface only later,
     // as timeouts or an aborted transaction that names neither.
     kafka::preflight::check(&config)?;
+    // A changelog deleted by time would forget orders: refused at start,
+    // asked beside the steps below (brokers that never answer cost only
+    // the check's deadline, overlapped).
+    let changelog = {
+        let config = config.clone();
+        std::thread::spawn(move || kafka::preflight::check_changelog(&config))
+    };
     let trackers = Trackers {
         orders: Arc::new(OffsetTracker::new()),
         inventory: Arc::new(OffsetTracker::new()),
@@ -133,6 +140,9 @@ fn run_until_stopped(
     let engine = Arc::new(
         Engine::new(inventory.clone(), config.limits.clone()).with_policy(config.payments.policy()),
     );
+    changelog
+        .join()
+        .map_err(|_| anyhow::anyhow!("the changelog check panicked"))??;
     let (recovery, partitions) = recovery(&config, inventory.clone())?;
     let recovery = recovery.with_transactions(transactional);
     let routing = Routing {

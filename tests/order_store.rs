@@ -344,3 +344,24 @@ fn a_restore_with_transactions_reads_the_compacted_state_topic_not_the_sales_his
          fewer than the {history} statuses"
     );
 }
+
+#[test]
+fn a_state_topic_that_is_not_compacted_is_refused_at_start() {
+    let broker = Broker::start();
+    // Deleted by time: orders older than its retention would be forgotten.
+    broker.create_topics(&[("order-state", 1)]);
+    broker.create_contract_topics(1);
+    let flags = vec![
+        format!("kafka.brokers={}", broker.addr()),
+        "metrics.enabled=false".to_string(),
+    ];
+    let config = orderflow::config::Config::load(None, &flags).unwrap();
+    let error = orderflow::app::run(config, orderflow::shutdown::Shutdown::new())
+        .expect_err("the start is refused");
+    let message = format!("{error:#}");
+    assert!(
+        message.contains("topic order-state has cleanup.policy=delete")
+            && message.contains("--add-config cleanup.policy=compact"),
+        "{message}"
+    );
+}

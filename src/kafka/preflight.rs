@@ -60,8 +60,74 @@ pub enum PreflightError {
          the ACLs (docs/security.md, \"The least-privilege ACL set\")"
     )]
     Acls { brokers: String, missing: String },
+    #[error(
+        "topic {topic} has cleanup.policy={policy} on the brokers at {brokers}: it is \
+         orderflow's changelog and must be compacted, or the records of orders older than \
+         its retention are deleted and a restore decides those orders again. Fix it with \
+         kafka-configs.sh --alter --entity-type topics --entity-name {topic} \
+         --add-config cleanup.policy=compact (README, \"Run against a real cluster\")"
+    )]
+    NotCompacted {
+        brokers: String,
+        topic: String,
+        policy: String,
+    },
     #[error("kafka client: {0}")]
     Kafka(#[from] KafkaError),
+}
+
+/// How long the changelog check waits for the brokers' answer before
+/// leaving the topic unchecked (brokers that do not answer DescribeConfigs,
+/// such as librdkafka's MockCluster, answer nothing).
+const CONFIG_CHECK_TIMEOUT: Duration = Duration::from_secs(2);
+
+/// The state topic is the changelog a restore reads (with transactions,
+/// alone): it must be compacted, not deleted by time. An error if the
+/// brokers say its `cleanup.policy` has no `compact`; a warning if they do
+/// not answer (the start goes on: the topic is then unchecked).
+pub fn check_changelog(config: &Config) -> Result<(), PreflightError> {
+    use rdkafka::admin::{AdminClient, AdminOptions, ResourceSpecifier};
+    let topic = &config.topics.state;
+    let admin: AdminClient<rdkafka::client::DefaultClientContext> =
+        super::base_config(&config.kafka).create()?;
+    let runtime = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .map_err(|e| KafkaError::AdminOpCreation(e.to_string()))?;
+    let options = AdminOptions::new().request_timeout(Some(CONFIG_CHECK_TIMEOUT));
+    let described = runtime.block_on(async {
+        tokio::time::timeout(
+            CONFIG_CHECK_TIMEOUT,
+            admin.describe_configs(&[ResourceSpecifier::Topic(topic)], &options),
+        )
+        .await
+    });
+    let policy = match described {
+        Ok(Ok(results)) => results
+            .into_iter()
+            .next()
+            .and_then(Result::ok)
+            .and_then(|resource| resource.get("cleanup.policy")?.value.clone()),
+        _ => None,
+    };
+    match policy {
+        Some(policy) if !policy.split(',').any(|p| p.trim() == "compact") => {
+            Err(PreflightError::NotCompacted {
+                brokers: config.kafka.brokers.clone(),
+                topic: topic.clone(),
+                policy,
+            })
+        }
+        Some(_) => Ok(()),
+        None => {
+            tracing::warn!(
+                topic = %topic,
+                "the brokers did not say whether the state topic is compacted; it must be \
+                 (cleanup.policy=compact)"
+            );
+            Ok(())
+        }
+    }
 }
 
 /// Remembers the first authentication or TLS error librdkafka reports.

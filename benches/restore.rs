@@ -1,0 +1,305 @@
+//! Restore time and records read, from the compacted changelog, for one
+//! partition with 1, 5 and 10 million orders in retention, on Apache Kafka
+//! (tests/common's harness).
+//!
+//! Each order's history is written to `order-state` as orderflow writes
+//! it: its record when it was accepted, then its record when it was
+//! cancelled (the engine's own records, encoded by `state::encode_record`),
+//! so the topic holds two records per order before compaction. Once the
+//! log cleaner has compacted it, `Recovery::restore` (the processor's
+//! restore, with transactions: the state topic alone) rebuilds the
+//! partition's book, and the run reports the records read, the time, and
+//! the resident memory the restored book holds; with the order store on
+//! (`engine.store_dir`: the book keeps `engine.dedup_window_orders` orders
+//! in memory, every other order in the store). For the smallest size,
+//! when it is at most a million, the same history on a topic that is not
+//! compacted: what a restore read before (every change ever made).
+//!
+//! Only with `--bench`. Run: `cargo bench --bench restore`
+//! (`RESTORE_ORDERS=1000000,5000000,10000000` by default;
+//! `RESTORE_WINDOW`, the orders kept in memory, 1,000,000 by default).
+
+#[path = "../tests/common/mod.rs"]
+mod common;
+#[path = "support/mod.rs"]
+mod support;
+
+use common::{wait_for, Broker, KafkaOptions};
+use orderflow::engine::{Engine, OrderBook, Output};
+use orderflow::inventory::Inventory;
+use orderflow::kafka::recovery::Recovery;
+use orderflow::order::validate::Limits;
+use orderflow::order::InventoryEvent;
+use orderflow::state;
+use rdkafka::producer::{BaseRecord, DefaultProducerContext, Producer, ThreadedProducer};
+use rdkafka::ClientConfig;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+const DEFAULT_SIZES: &[usize] = &[1_000_000, 5_000_000, 10_000_000];
+/// The largest first size that also gets the control (not compacted).
+const CONTROL_MAX_ORDERS: usize = 1_000_000;
+/// How long the cleaner may take to compact the largest history.
+const COMPACTION_TIMEOUT: Duration = Duration::from_secs(1_800);
+/// Orders the restored book keeps in memory: the default window, or
+/// `RESTORE_WINDOW`.
+const WINDOW: usize = 1_000_000;
+
+fn window() -> usize {
+    std::env::var("RESTORE_WINDOW")
+        .ok()
+        .map(|n| {
+            n.trim()
+                .parse()
+                .expect("RESTORE_WINDOW: a number of orders")
+        })
+        .unwrap_or(WINDOW)
+}
+
+/// The engine's records of one order: accepted, then cancelled.
+fn history() -> [Vec<u8>; 2] {
+    let inventory = Arc::new(Inventory::new());
+    inventory
+        .apply(&InventoryEvent::StockSet {
+            sku: "A".into(),
+            available: 1_000_000,
+            prices: [("EUR".to_string(), 500)].into_iter().collect(),
+            max_per_customer: None,
+        })
+        .unwrap();
+    let engine = Engine::new(inventory, Limits::default());
+    let mut book = OrderBook::new(10);
+    let mut records = Vec::new();
+    for (offset, value) in [
+        serde_json::json!({"type": "order_placed", "order_id": "o-00000000",
+            "customer_id": "c-00000000", "placed_at": "2026-11-23T12:00:00Z",
+            "currency": "EUR", "lines": [{"sku": "A", "quantity": 1,
+            "unit_price_minor": 500, "ship_to": "home"}],
+            "addresses": {"home": {"name": "N", "line1": "L", "city": "Berlin",
+                "postal_code": "10115", "country": "DE"}},
+            "payments": [{"method": "cash_on_delivery", "amount_minor": 500}]}),
+        serde_json::json!({"type": "order_cancelled", "order_id": "o-00000000"}),
+    ]
+    .iter()
+    .enumerate()
+    {
+        let mut out = Vec::new();
+        engine.process(
+            &mut book,
+            offset as i64,
+            Some(b"o-00000000"),
+            Some(&serde_json::to_vec(value).unwrap()),
+            time::OffsetDateTime::now_utc(),
+            &mut out,
+        );
+        let record = out
+            .into_iter()
+            .find_map(|output| match output {
+                Output::Status { record, .. } => Some(record),
+                _ => None,
+            })
+            .expect("a status");
+        records.push(state::encode_record(0, &record));
+    }
+    records.try_into().unwrap()
+}
+
+fn producer(broker: &Broker) -> ThreadedProducer<DefaultProducerContext> {
+    let mut config = ClientConfig::new();
+    config
+        .set("bootstrap.servers", broker.addr())
+        .set("linger.ms", "20")
+        .set("batch.size", "1000000")
+        .set("compression.type", "lz4")
+        .set("queue.buffering.max.messages", "1000000")
+        .set("queue.buffering.max.kbytes", "1048576");
+    config.create().expect("a producer")
+}
+
+/// Writes each order's history (all acceptances, then all cancellations)
+/// to partition 0 of `topic`; returns the records written.
+fn write_history(broker: &Broker, topic: &str, orders: usize, history: &[Vec<u8>; 2]) -> u64 {
+    let producer = producer(broker);
+    let mut written = 0;
+    for payload in history {
+        for i in 0..orders {
+            let key = format!("o-{i:08}");
+            let mut record = BaseRecord::to(topic)
+                .partition(0)
+                .key(key.as_bytes())
+                .payload(payload.as_slice());
+            loop {
+                match producer.send(record) {
+                    Ok(()) => break,
+                    Err((_, returned)) => {
+                        record = returned;
+                        std::thread::sleep(Duration::from_millis(1));
+                    }
+                }
+            }
+            written += 1;
+        }
+    }
+    producer.flush(Duration::from_secs(300)).expect("flushed");
+    written
+}
+
+/// The offset up to which the cleaner has compacted partition 0 of
+/// `topic` (its `cleaner-offset-checkpoint` entry).
+fn cleaned_up_to(broker: &Broker, topic: &str) -> i64 {
+    let text = std::fs::read_to_string(broker.dir.join("data/cleaner-offset-checkpoint"))
+        .unwrap_or_default();
+    text.lines()
+        .filter_map(|line| {
+            let mut fields = line.split_whitespace();
+            match (fields.next(), fields.next(), fields.next()) {
+                (Some(t), Some("0"), Some(offset)) if t == topic => offset.parse().ok(),
+                _ => None,
+            }
+        })
+        .next()
+        .unwrap_or(0)
+}
+
+/// Restores partition 0 from `topic` and prints the records read, the
+/// time, and resident memory before and after (the restored books held).
+fn restore(broker: &Broker, topic: &str, store: bool, label: &str) {
+    let store_dir = tempfile::tempdir().unwrap();
+    let flags = vec![
+        format!("kafka.brokers={}", broker.addr()),
+        format!("topics.state={topic}"),
+        format!("engine.dedup_window_orders={}", window()),
+        format!(
+            "engine.store_dir={}",
+            if store {
+                store_dir.path().to_str().unwrap()
+            } else {
+                "off"
+            }
+        ),
+    ];
+    let config = orderflow::config::Config::load(None, &flags).expect("config");
+    let inventory = Arc::new(Inventory::new());
+    let recovery = Recovery::new(&config, inventory)
+        .expect("a reader")
+        .with_transactions(true);
+    let before = support::rss_bytes().unwrap_or(0);
+    let started = Instant::now();
+    let books = recovery.restore(&[0], &|| false).expect("restored");
+    let elapsed = started.elapsed().as_secs_f64();
+    let after = support::rss_bytes().unwrap_or(0);
+    let book = &books[&0];
+    let read = read_counter();
+    println!(
+        "{label}: read {read} records in {elapsed:.1} s ({:.0} records/s); the book holds {} \
+         orders in memory; resident {:.0} -> {:.0} MiB",
+        read as f64 / elapsed,
+        book.len(),
+        before as f64 / 1048576.0,
+        after as f64 / 1048576.0
+    );
+    drop(books);
+}
+
+/// What the restore counted (`orderflow_restore_records_read_total`),
+/// since the last call.
+fn read_counter() -> u64 {
+    use std::sync::atomic::{AtomicU64, Ordering};
+    static SEEN: AtomicU64 = AtomicU64::new(0);
+    let total = RECORDER
+        .get()
+        .map(|handle| {
+            handle
+                .render()
+                .lines()
+                .find_map(|line| {
+                    line.strip_prefix(orderflow::telemetry::RESTORE_RECORDS_READ_TOTAL)
+                        .and_then(|rest| rest.trim().parse::<f64>().ok())
+                })
+                .unwrap_or(0.0) as u64
+        })
+        .unwrap_or(0);
+    total - SEEN.swap(total, Ordering::AcqRel)
+}
+
+static RECORDER: std::sync::OnceLock<metrics_exporter_prometheus::PrometheusHandle> =
+    std::sync::OnceLock::new();
+
+fn main() {
+    if !support::bench_mode() {
+        return;
+    }
+    let handle = metrics_exporter_prometheus::PrometheusBuilder::new()
+        .install_recorder()
+        .expect("a metrics recorder");
+    let _ = RECORDER.set(handle);
+    let sizes: Vec<usize> = std::env::var("RESTORE_ORDERS")
+        .ok()
+        .map(|list| list.split(',').map(|n| n.trim().parse().unwrap()).collect())
+        .unwrap_or_else(|| DEFAULT_SIZES.to_vec());
+    let history = history();
+    println!(
+        "record bytes: accepted {}, cancelled {}",
+        history[0].len(),
+        history[1].len()
+    );
+    let broker = Broker::start_kafka(&KafkaOptions {
+        properties: vec![
+            "log.cleaner.backoff.ms=500".into(),
+            // Room for 10 million keys in one cleaning pass.
+            "log.cleaner.dedupe.buffer.size=402653184".into(),
+        ],
+        ..KafkaOptions::default()
+    });
+    for (n, &orders) in sizes.iter().enumerate() {
+        let topic = format!("order-state-{orders}");
+        broker.create_configured_topics(&[(
+            &topic,
+            1,
+            &[
+                ("cleanup.policy", "compact"),
+                ("segment.ms", "2000"),
+                ("min.cleanable.dirty.ratio", "0.01"),
+                ("min.compaction.lag.ms", "0"),
+            ],
+        )]);
+        let started = Instant::now();
+        let written = write_history(&broker, &topic, orders, &history);
+        println!(
+            "{orders} orders: {written} records written in {:.1} s",
+            started.elapsed().as_secs_f64()
+        );
+        if n == 0 && orders <= CONTROL_MAX_ORDERS {
+            // The control: the same history, never compacted.
+            let plain = format!("order-state-history-{orders}");
+            broker.create_topics(&[(&plain, 1)]);
+            write_history(&broker, &plain, orders, &history);
+            restore(
+                &broker,
+                &plain,
+                false,
+                &format!("{orders} orders, not compacted"),
+            );
+        }
+        // A later segment so the last one written can be cleaned.
+        std::thread::sleep(Duration::from_secs(3));
+        write_history(&broker, &topic, 1, &history);
+        let started = Instant::now();
+        wait_for(
+            "the cleaner to compact the history",
+            COMPACTION_TIMEOUT,
+            || (cleaned_up_to(&broker, &topic) >= written as i64).then_some(()),
+        );
+        println!(
+            "{orders} orders: compacted in {:.1} s",
+            started.elapsed().as_secs_f64()
+        );
+        restore(&broker, &topic, true, &format!("{orders} orders, store on"));
+        restore(
+            &broker,
+            &topic,
+            false,
+            &format!("{orders} orders, store off"),
+        );
+    }
+}
