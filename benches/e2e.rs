@@ -1114,8 +1114,19 @@ fn main() {
             topics.extend(run_topics(&run, &["of"]));
         }
     }
-    let borrowed: Vec<(&str, i32)> = topics.iter().map(|(t, p)| (t.as_str(), *p)).collect();
-    broker.create_topics(&borrowed);
+    // The state topics are changelogs: compacted, as the processor requires.
+    let borrowed: Vec<(&str, i32, common::TopicConfigs<'_>)> = topics
+        .iter()
+        .map(|(t, p)| {
+            let configs = if t.contains("-state-") {
+                common::COMPACTED
+            } else {
+                &[]
+            };
+            (t.as_str(), *p, configs)
+        })
+        .collect();
+    broker.create_configured_topics(&borrowed);
 
     let inventory: Vec<(Option<Vec<u8>>, Vec<u8>)> = support::catalog(support::CATALOG_SKUS)
         .iter()

@@ -276,6 +276,7 @@ fn grant(admin: &AdminClient<DefaultClientContext>, principal: &str, acls: &[Acl
                 "Read" => Op::RD_KAFKA_ACL_OPERATION_READ,
                 "Write" => Op::RD_KAFKA_ACL_OPERATION_WRITE,
                 "Describe" => Op::RD_KAFKA_ACL_OPERATION_DESCRIBE,
+                "DescribeConfigs" => Op::RD_KAFKA_ACL_OPERATION_DESCRIBE_CONFIGS,
                 "IdempotentWrite" => Op::RD_KAFKA_ACL_OPERATION_IDEMPOTENT_WRITE,
                 other => panic!("operation {other}"),
             };
