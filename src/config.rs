@@ -287,6 +287,10 @@ pub struct EngineConfig {
     /// directory, `""` for the system's temporary one, `"off"` to forget
     /// them.
     pub store_dir: String,
+    /// Whether restores read the status topic before the state topic even
+    /// with transactions (without them they always do): for orders
+    /// decided before statuses were copied to the state topic.
+    pub restore_statuses: bool,
     pub commit_interval_ms: u64,
     pub shutdown_timeout_ms: u64,
     pub stock_split: StockSplit,

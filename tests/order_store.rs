@@ -334,9 +334,27 @@ fn a_restore_with_transactions_reads_the_compacted_state_topic_not_the_sales_his
     );
     let read_without = restored_records(&metrics);
     drop(third);
+    // With transactions, when told to (orders decided before statuses were
+    // copied): the status topic too.
+    let fourth = spawn(
+        &broker,
+        &[
+            "metrics.enabled=true",
+            &listen,
+            "kafka.transactions=on",
+            "engine.restore_statuses=true",
+        ],
+    );
+    let read_told = restored_records(&metrics);
+    drop(fourth);
+    assert!(
+        read_told >= history,
+        "engine.restore_statuses: the restore read {read_told} records, fewer than the \
+         {history} statuses"
+    );
     println!(
         "{SALE_ORDERS} orders, {history} statuses: the restore read {read} records with \
-         transactions, {read_without} without"
+         transactions, {read_without} without, {read_told} with engine.restore_statuses"
     );
     assert!(
         read_without >= history,

@@ -81,6 +81,8 @@ pub struct Recovery {
     /// commit together, so the compacted state topic alone holds every
     /// order's newest record.
     statuses: bool,
+    /// `engine.restore_statuses`: the status topic is read in any case.
+    statuses_always: bool,
 }
 
 impl Recovery {
@@ -97,13 +99,15 @@ impl Recovery {
             quota_of: None,
             stores: Stores::new(&config.engine.store_dir, config.engine.dedup_window_orders),
             statuses: true,
+            statuses_always: config.engine.restore_statuses,
         })
     }
 
-    /// Restores from the state topic alone: every status was committed in
-    /// the transaction of its state copy.
+    /// Restores from the state topic alone (unless `engine.restore_statuses`
+    /// says otherwise): every status was committed in the transaction of
+    /// its state copy.
     pub fn with_transactions(mut self, transactional: bool) -> Self {
-        self.statuses = !transactional;
+        self.statuses = !transactional || self.statuses_always;
         self
     }
 
