@@ -374,8 +374,20 @@ fn a_state_topic_that_is_not_compacted_is_refused_at_start() {
         "metrics.enabled=false".to_string(),
     ];
     let config = orderflow::config::Config::load(None, &flags).unwrap();
-    let error = orderflow::app::run(config, orderflow::shutdown::Shutdown::new())
-        .expect_err("the start is refused");
+    let shutdown = orderflow::shutdown::Shutdown::new();
+    let (done, result) = std::sync::mpsc::channel();
+    let for_run = shutdown.clone();
+    std::thread::spawn(move || {
+        let _ = done.send(orderflow::app::run(config, for_run));
+    });
+    // A processor that started would run until told to stop.
+    let outcome = result.recv_timeout(TIMEOUT);
+    shutdown.trigger();
+    let error = match outcome {
+        Ok(Err(error)) => error,
+        Ok(Ok(())) => panic!("the processor ran and stopped without refusing"),
+        Err(_) => panic!("the start was not refused within {TIMEOUT:?}"),
+    };
     let message = format!("{error:#}");
     assert!(
         message.contains("topic order-state has cleanup.policy=delete")
