@@ -9,9 +9,12 @@
 //! log cleaner has compacted it, `Recovery::restore` (the processor's
 //! restore, with transactions: the state topic alone) rebuilds the
 //! partition's book, and the run reports the records read, the time, and
-//! the resident memory the restored book holds; with the order store on
-//! (`engine.store_dir`: the book keeps `engine.dedup_window_orders` orders
-//! in memory, every other order in the store). For the smallest size,
+//! the resident memory the restored book holds: with the order store off,
+//! then on (`engine.store_dir`: the book keeps `engine.dedup_window_orders`
+//! orders in memory, every order in the store), which fills the
+//! partition's store from the changelog; then, after a tail of changes to
+//! 1 % of the orders, again from that store's checkpoint plus the tail
+//! (what a restart on the same machine reads). For the smallest size,
 //! when it is at most a million, the same history on a topic that is not
 //! compacted: what a restore read before (every change ever made).
 //!
@@ -25,6 +28,7 @@ mod common;
 mod support;
 
 use common::{wait_for, Broker, KafkaOptions};
+use orderflow::cold::Stores;
 use orderflow::engine::{Engine, OrderBook, Output};
 use orderflow::inventory::Inventory;
 use orderflow::kafka::recovery::Recovery;
@@ -33,6 +37,7 @@ use orderflow::order::InventoryEvent;
 use orderflow::state;
 use rdkafka::producer::{BaseRecord, DefaultProducerContext, Producer, ThreadedProducer};
 use rdkafka::ClientConfig;
+use std::path::Path;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -162,25 +167,21 @@ fn cleaned_up_to(broker: &Broker, topic: &str) -> i64 {
 }
 
 /// Restores partition 0 from `topic` and prints the records read, the
-/// time, and resident memory before and after (the restored books held).
-fn restore(broker: &Broker, topic: &str, store: bool, label: &str) {
-    let store_dir = tempfile::tempdir().unwrap();
+/// time, and resident memory before and after (the restored books held);
+/// with `store`, the partition's local store in that directory (kept
+/// between calls: a second restore starts from its checkpoint).
+fn restore(broker: &Broker, topic: &str, store: Option<&Path>, label: &str) {
+    let store_dir = store.map_or_else(|| "off".to_string(), |dir| dir.display().to_string());
     let flags = vec![
         format!("kafka.brokers={}", broker.addr()),
         format!("topics.state={topic}"),
         format!("engine.dedup_window_orders={}", window()),
-        format!(
-            "engine.store_dir={}",
-            if store {
-                store_dir.path().to_str().unwrap()
-            } else {
-                "off"
-            }
-        ),
+        format!("engine.store_dir={store_dir}"),
     ];
     let config = orderflow::config::Config::load(None, &flags).expect("config");
     let inventory = Arc::new(Inventory::new());
-    let recovery = Recovery::new(&config, inventory)
+    let stores = Stores::new(&store_dir, topic, window());
+    let recovery = Recovery::new(&config, inventory, stores)
         .expect("a reader")
         .with_transactions(true);
     let before = support::rss_bytes().unwrap_or(0);
@@ -199,6 +200,19 @@ fn restore(broker: &Broker, topic: &str, store: bool, label: &str) {
         after as f64 / 1048576.0
     );
     drop(books);
+}
+
+/// Bytes of the files under `dir`.
+fn dir_bytes(dir: &Path) -> u64 {
+    std::fs::read_dir(dir)
+        .into_iter()
+        .flatten()
+        .flatten()
+        .map(|entry| match entry.file_type() {
+            Ok(kind) if kind.is_dir() => dir_bytes(&entry.path()),
+            _ => entry.metadata().map_or(0, |m| m.len()),
+        })
+        .sum()
 }
 
 /// What the restore counted (`orderflow_restore_records_read_total`),
@@ -277,7 +291,7 @@ fn main() {
             restore(
                 &broker,
                 &plain,
-                false,
+                None,
                 &format!("{orders} orders, not compacted"),
             );
         }
@@ -294,12 +308,30 @@ fn main() {
             "{orders} orders: compacted in {:.1} s",
             started.elapsed().as_secs_f64()
         );
-        restore(&broker, &topic, true, &format!("{orders} orders, store on"));
         restore(
             &broker,
             &topic,
-            false,
+            None,
             &format!("{orders} orders, store off"),
+        );
+        let store = tempfile::tempdir().unwrap();
+        restore(
+            &broker,
+            &topic,
+            Some(store.path()),
+            &format!("{orders} orders, store on, from the changelog"),
+        );
+        // The sale goes on: a tail of changes after the store's checkpoint.
+        let tail = write_history(&broker, &topic, (orders / 100).max(1), &history);
+        restore(
+            &broker,
+            &topic,
+            Some(store.path()),
+            &format!("{orders} orders, from the checkpoint plus a tail of {tail} records"),
+        );
+        println!(
+            "{orders} orders: the store takes {:.0} MiB on disk",
+            dir_bytes(store.path()) as f64 / 1048576.0
         );
     }
 }

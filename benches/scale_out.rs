@@ -116,14 +116,15 @@ fn main() {
         let records = support::orders(3_000, "profile", Skus::Uniform, 7);
         let records = Arc::new(records);
         let dir = tempfile::tempdir().expect("a temporary directory");
-        let stores = orderflow::cold::Stores::new(dir.path().to_str().unwrap(), BOOK_CAPACITY)
-            .expect("a directory turns the store on");
+        let stores =
+            orderflow::cold::Stores::new(dir.path().to_str().unwrap(), "profile", BOOK_CAPACITY)
+                .expect("a directory turns the store on");
         let mut lane = match case.as_str() {
             "store" | "store_full" => {
                 let inventory = Arc::new(support::inventory(support::CATALOG_SKUS));
                 let engine = Arc::new(Engine::new(inventory, Limits::default()));
                 let capacity = if case == "store" { BOOK_CAPACITY } else { 100 };
-                let book = OrderBook::new(capacity).with_cold(stores.cold(0));
+                let book = OrderBook::new(capacity).with_cold(stores.cold(0, None));
                 Lane::new(engine, records.clone(), book)
             }
             _ => lane(&records, case == "quota"),

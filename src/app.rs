@@ -1,11 +1,12 @@
 //! `orderflow run`: wires config, inventory feed, shards, source and sink
 //! together, and shuts them down in the order that loses nothing.
 
+use crate::cold::Stores;
 use crate::config::{AutoOffsetReset, Config, LogConfig, LogFormat, MetricsConfig};
 use crate::engine::Engine;
 use crate::inventory::Inventory;
 use crate::kafka::recovery::Recovery;
-use crate::kafka::sink::OutputLimits;
+use crate::kafka::sink::{ChangelogFeed, OutputLimits};
 use crate::kafka::source::{self, Source, SourceContext, SourceSetup};
 use crate::kafka::transaction::{self, Trackers};
 use crate::kafka::StartError;
@@ -124,9 +125,21 @@ fn run_until_stopped(
     );
     kafka::check_output_limits(config.limits.max_record_bytes, limits)
         .context("checking that every output fits the producer")?;
+    // The partitions' local stores: restores start from them, and the
+    // sink feeds them the committed copies of order records.
+    let stores = Stores::new(
+        &config.engine.store_dir,
+        &format!("{}.{}", config.kafka.group_id, config.topics.state),
+        config.engine.dedup_window_orders,
+    );
+    let state_feed = stores.clone().map(|stores| ChangelogFeed {
+        topic: config.topics.state.clone(),
+        stores,
+    });
     // Before anything is sent: with transactions, every send needs one open.
-    let (sink, transactions) = transaction::start_sink(&config, trackers.clone(), &shutdown)
-        .context("creating the producer")?;
+    let (sink, transactions) =
+        transaction::start_sink(&config, trackers.clone(), &shutdown, state_feed)
+            .context("creating the producer")?;
     let transactional = transactions.is_some();
     let inventory = Arc::new(Inventory::new());
     let feed = inventory_feed::start(
@@ -143,7 +156,7 @@ fn run_until_stopped(
     changelog
         .join()
         .map_err(|_| anyhow::anyhow!("the changelog check panicked"))??;
-    let (recovery, partitions) = recovery(&config, inventory.clone())?;
+    let (recovery, partitions) = recovery(&config, inventory.clone(), stores)?;
     let recovery = recovery.with_transactions(transactional);
     let routing = Routing {
         partitioner: config.kafka.orders_partitioner,
@@ -270,8 +283,13 @@ fn adapter_setup(config: &Config) -> payments::adapter::AdapterSetup {
 /// The restorer of partition state, and the partition count of `orders`,
 /// after checking the status topic can hold each orders partition's
 /// changelog.
-fn recovery(config: &Config, inventory: Arc<Inventory>) -> anyhow::Result<(Recovery, usize)> {
-    let recovery = Recovery::new(config, inventory).context("creating the status reader")?;
+fn recovery(
+    config: &Config,
+    inventory: Arc<Inventory>,
+    stores: Option<Arc<Stores>>,
+) -> anyhow::Result<(Recovery, usize)> {
+    let recovery =
+        Recovery::new(config, inventory, stores).context("creating the status reader")?;
     let orders = recovery
         .partition_count(&config.topics.orders)
         .context("reading the orders topic's metadata")?;

@@ -1,23 +1,41 @@
-//! The on-disk tier of each partition's order book: orders past
-//! `engine.dedup_window_orders` leave memory for the partition's store
-//! (crate `orderflow-store`, fjall) and are found there again, so a
-//! duplicate or a cancellation of an order decided long ago finds it, and
-//! resident memory is set by the window, not by the orders decided.
+//! Each partition's local order store (crate `orderflow-store`, fjall):
+//! every order's committed record on disk, in front of which the
+//! partition's in-memory book is a bounded cache (`engine.dedup_window_orders`).
 //!
-//! Each book gets a store of its own, in a new directory under
-//! `engine.store_dir`, made when the first order leaves memory and deleted
-//! with the book (a partition released, the process stopped). Every restore
-//! reads the partition's whole status topic (see `kafka::recovery`) into a
-//! new book, whose orders past the window go to its new store: the store is
-//! a cache of that read, so a crash, a move to another machine or deleted
-//! files lose nothing, and its writes need no fsync. The decision path
-//! only hands an order over (its record is shared with the book, nothing
-//! is copied or encoded there); a writer thread per store encodes and
-//! writes them in batches, and until it has, the order is found among
-//! those handed over. (Restoring from the
-//! store's own checkpoint plus the changelog after it, so that a restart
-//! does not read the whole history, is issue 11's next step: see
-//! docs/architecture.md, "Order state that lasts".)
+//! **What the store holds.** A store is the partition's changelog
+//! (`order-state`) as far as its checkpoint says: every record committed
+//! there, each order's newest, and the offset after the last one. It is
+//! written from two sides, both of committed records only: a restore
+//! writes the changelog records it reads, and while the partition is
+//! owned the sink hands over each copy once its transaction commits (its
+//! delivery, without transactions; see `kafka::sink`), which the store's
+//! writer thread writes with the checkpoint after it. So a crash or an
+//! aborted transaction never leaves a record in the store that Kafka does
+//! not have: the store is a cache that can be thrown away, and Kafka stays
+//! the source of truth.
+//!
+//! **Restoring from it.** A partition that stays on a machine opens its
+//! store again: its records rebuild the book and the reservations, and
+//! only the changelog after the checkpoint is read from Kafka (see
+//! `kafka::recovery`). A store that is missing, unreadable, or ahead of
+//! the changelog (the topic was made again) is emptied and filled from
+//! the changelog's beginning. Writes are not fsynced one by one: each
+//! carries its checkpoint in the same atomic batch, and fjall's journal
+//! replays a prefix of them after a crash, so the checkpoint that survives
+//! vouches for the records that survive; the writer makes them durable
+//! every [`PERSIST_INTERVAL`].
+//!
+//! **Orders out of memory.** An order leaving the window before its copy
+//! is committed is kept in the store's `spilled` part (emptied at every
+//! open, so never vouched for) and found there; until the writer has
+//! written it, among those handed over. The decision path only hands the
+//! shared record over: nothing is copied or encoded there.
+//!
+//! A store is one directory per partition under `engine.store_dir`, in a
+//! directory named after the consumer group and the changelog topic.
+//! fjall locks it: a second process on the machine that takes the
+//! partition while the first still has it open uses a scratch store of its
+//! own instead, filled from the changelog and deleted when it closes.
 //!
 //! A store that fails (disk full, I/O error, a record that does not
 //! decode) is reported through [`ColdOrders::failure`]: the shard stops
@@ -25,60 +43,90 @@
 
 use crate::engine::{ColdOrders, OrderRecord};
 use crate::state;
-use orderflow_store::{Memory, PartitionStore, Put};
+use crossbeam_channel::{Receiver, Sender};
+use orderflow_store::{Checkpoint, Memory, PartitionStore, Put, StoreError};
 use parking_lot::Mutex;
 use std::collections::HashMap;
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
-use std::sync::Arc;
-use std::time::{Duration, SystemTime};
+use std::sync::{Arc, Weak};
+use std::time::{Duration, Instant, SystemTime};
 
-/// Orders that left memory written to the store together, at most: the
-/// writer takes what has been handed over, up to this many, per write
-/// batch (one fjall journal append).
+/// Records written to the store together, at most: the writer takes what
+/// has been handed over, up to this many, per write batch (one fjall
+/// journal append).
 pub const WRITE_BATCH: usize = 256;
 /// The expiry each stored record carries: contract Part 2's default
 /// `lifecycle.retention_days` (90). Retention passes over the store are
-/// not run yet: a store lives as long as its book.
+/// not run yet.
 const RETENTION: Duration = Duration::from_secs(90 * 24 * 3600);
 /// The least first layer of a store's Bloom filter, in orders.
 const MIN_EXPECTED_ORDERS: usize = 1 << 14;
 /// fjall's memory per store: what a book reads back is rare (duplicates,
 /// late cancellations, lifecycle inputs of old orders), so a small block
-/// cache; small memtables, as orders leave memory at the pace they are
-/// decided. With the filter (10 bits per order stored), a partition's
-/// resident cost beside its in-memory book.
+/// cache; small memtables, as records arrive at the pace orders change.
+/// With the filter (10 bits per order stored), a partition's resident
+/// cost beside its in-memory book.
 const STORE_MEMORY: Memory = Memory {
     cache_bytes: 8 << 20,
     memtable_bytes: 4 << 20,
 };
-/// `engine.store_dir` value that turns the tier off.
+/// How often a store's writer fsyncs what it wrote, at most: a machine
+/// that loses power loses at most this much of the checkpoint's progress
+/// (the next restore reads that much more of the changelog), never its
+/// consistency.
+pub const PERSIST_INTERVAL: Duration = Duration::from_secs(1);
+/// `engine.store_dir` value that turns the stores off.
 pub const OFF: &str = "off";
+/// Scratch stores' directory names start with this, then the PID.
+const SCRATCH: &str = "scratch-";
 
-/// The process's stores: one directory, one store per book under it.
+/// A changelog record committed to Kafka, for its partition's store: its
+/// offset in the changelog partition, its key (the order ID) and value
+/// (the state codec's bytes).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Committed {
+    pub offset: i64,
+    pub key: Vec<u8>,
+    pub value: Vec<u8>,
+}
+
+/// The process's stores: one directory, one store per partition under it.
 pub struct Stores {
     root: PathBuf,
     next: AtomicU64,
     /// Orders in memory per book: sizes each store's filter.
     capacity: usize,
+    /// The writers of the stores open now, by partition (with the id of
+    /// the tier that started each): where committed copies go.
+    feeds: Mutex<HashMap<i32, (u64, Sender<Vec<Committed>>)>>,
 }
 
 impl Stores {
     /// The stores `engine.store_dir` asks for: `None` for `"off"`; `""`
-    /// is a directory of this process under the system's temporary one.
-    pub fn new(store_dir: &str, capacity: usize) -> Option<Arc<Stores>> {
-        let root = match store_dir {
+    /// is the system's temporary directory. `namespace` (the consumer
+    /// group and changelog topic) names their directory, so processes of
+    /// other groups on the machine never share one.
+    pub fn new(store_dir: &str, namespace: &str, capacity: usize) -> Option<Arc<Stores>> {
+        let base = match store_dir {
             OFF => return None,
-            "" => std::env::temp_dir().join(format!("orderflow-store-{}", std::process::id())),
-            dir => Path::new(dir).join(format!("orderflow-store-{}", std::process::id())),
+            "" => std::env::temp_dir().join("orderflow-stores"),
+            dir => PathBuf::from(dir),
         };
-        if let Some(parent) = root.parent() {
-            remove_stale(parent);
-        }
+        let name: String = namespace
+            .chars()
+            .map(|c| match c {
+                'a'..='z' | 'A'..='Z' | '0'..='9' | '-' | '_' | '.' => c,
+                _ => '_',
+            })
+            .collect();
+        let root = base.join(name);
+        remove_stale(&root);
         Some(Arc::new(Stores {
             root,
             next: AtomicU64::new(0),
-            capacity,
+            capacity: capacity.max(MIN_EXPECTED_ORDERS),
+            feeds: Mutex::new(HashMap::new()),
         }))
     }
 
@@ -87,37 +135,109 @@ impl Stores {
         &self.root
     }
 
-    /// A new, empty tier for a book of `partition`.
-    pub fn cold(&self, partition: i32) -> Box<dyn ColdOrders> {
-        let n = self.next.fetch_add(1, Ordering::Relaxed);
-        Box::new(PartitionCold::start(
-            self.root.join(format!("p{partition}-{n}")),
+    /// The directory of `partition`'s store.
+    pub fn dir(&self, partition: i32) -> PathBuf {
+        self.root.join(format!("p{partition}"))
+    }
+
+    /// Opens `partition`'s store for a restore: its own, or a scratch one
+    /// when another process has it open. One that cannot be read is
+    /// emptied (a cache: the restore fills it from the changelog).
+    pub fn open(&self, partition: i32) -> Result<Arc<OpenStore>, String> {
+        let dir = self.dir(partition);
+        let open = |dir: &Path| {
+            std::fs::create_dir_all(dir)
+                .map_err(|e| format!("creating the order store {}: {e}", dir.display()))?;
+            Ok::<_, String>(PartitionStore::open_with(dir, self.capacity, STORE_MEMORY))
+        };
+        let (dir, scratch, store) = match open(&dir)? {
+            Ok(store) => (dir, false, store),
+            Err(StoreError::Locked { .. }) => {
+                let n = self.next.fetch_add(1, Ordering::Relaxed);
+                let scratch = self
+                    .root
+                    .join(format!("{SCRATCH}{}-{n}-p{partition}", std::process::id()));
+                tracing::warn!(partition, dir = %dir.display(),
+                    "the partition's order store is open in another process; restoring into a \
+                     scratch store from the changelog");
+                let store = open(&scratch)?.map_err(|e| e.to_string())?;
+                (scratch, true, store)
+            }
+            Err(error) => {
+                tracing::warn!(partition, %error,
+                    "the partition's order store cannot be read; emptied, to be filled from the \
+                     changelog");
+                let _ = std::fs::remove_dir_all(&dir);
+                let store = open(&dir)?.map_err(|e| e.to_string())?;
+                (dir, false, store)
+            }
+        };
+        Ok(Arc::new(OpenStore {
+            dir,
             partition,
-            self.capacity.max(MIN_EXPECTED_ORDERS),
+            scratch,
+            store: Mutex::new(Some(store)),
+            unwritten: Mutex::new(HashMap::new()),
+            failure: Mutex::new(None),
+            closing: AtomicBool::new(false),
+        }))
+    }
+
+    /// The tier of a book of `partition` on `store` (opened by
+    /// [`Stores::open`]; `None`: opened here), whose writer takes the
+    /// partition's committed copies from now on.
+    pub fn cold(
+        self: &Arc<Self>,
+        partition: i32,
+        store: Option<Arc<OpenStore>>,
+    ) -> Box<dyn ColdOrders> {
+        let store = match store.map_or_else(|| self.open(partition), Ok) {
+            Ok(store) => store,
+            Err(error) => {
+                let failed = OpenStore::failed(self.dir(partition), partition, error);
+                return Box::new(PartitionCold::idle(failed));
+            }
+        };
+        let id = self.next.fetch_add(1, Ordering::Relaxed);
+        let (feed, committed) = crossbeam_channel::unbounded();
+        self.feeds.lock().insert(partition, (id, feed));
+        Box::new(PartitionCold::start(
+            store,
+            Arc::downgrade(self),
+            id,
+            committed,
         ))
     }
-}
 
-impl Drop for Stores {
-    fn drop(&mut self) {
-        // Each book's store deletes its own directory; this one is then
-        // empty, unless a book outlives the stores (then it stays).
-        let _ = std::fs::remove_dir(&self.root);
+    /// Hands copies committed to `partition` of the changelog, in offset
+    /// order, to its store's writer; dropped when the partition has no
+    /// store open (its next restore reads them from the changelog).
+    pub fn committed(&self, partition: i32, copies: Vec<Committed>) {
+        if let Some((_, feed)) = self.feeds.lock().get(&partition) {
+            let _ = feed.send(copies);
+        }
+    }
+
+    fn closed(&self, partition: i32, id: u64) {
+        let mut feeds = self.feeds.lock();
+        if feeds.get(&partition).is_some_and(|(open, _)| *open == id) {
+            feeds.remove(&partition);
+        }
     }
 }
 
-/// Removes the store directories in `parent` of processes no longer
-/// running (killed before they could delete theirs): they are caches of
-/// restores no one will use.
-fn remove_stale(parent: &Path) {
-    let Ok(entries) = std::fs::read_dir(parent) else {
+/// Removes the scratch stores in `root` of processes no longer running
+/// (killed before they could delete theirs): caches no one will use.
+fn remove_stale(root: &Path) {
+    let Ok(entries) = std::fs::read_dir(root) else {
         return;
     };
     for entry in entries.flatten() {
         let name = entry.file_name();
         let Some(pid) = name
             .to_str()
-            .and_then(|name| name.strip_prefix("orderflow-store-"))
+            .and_then(|name| name.strip_prefix(SCRATCH))
+            .and_then(|rest| rest.split('-').next())
             .and_then(|pid| pid.parse::<u32>().ok())
         else {
             continue;
@@ -126,124 +246,149 @@ fn remove_stale(parent: &Path) {
         if !running && pid != std::process::id() {
             match std::fs::remove_dir_all(entry.path()) {
                 Ok(()) => tracing::info!(dir = %entry.path().display(),
-                    "removed the order stores of a process that is gone"),
+                    "removed the scratch order store of a process that is gone"),
                 Err(error) => tracing::warn!(dir = %entry.path().display(), %error,
-                    "could not remove the order stores of a process that is gone"),
+                    "could not remove the scratch order store of a process that is gone"),
             }
         }
     }
 }
 
-/// One book's tier: the book's thread hands each order that leaves memory
-/// to a writer thread (its record is shared, so nothing is copied or
-/// encoded on the decision path) and finds it in `unwritten` until the
-/// writer has put it in the store.
-struct PartitionCold {
-    shared: Arc<Shared>,
-    to_writer: Option<crossbeam_channel::Sender<(Arc<str>, Arc<OrderRecord>)>>,
-    writer: Option<std::thread::JoinHandle<()>>,
-}
-
-/// What a book's thread and its store's writer share.
-struct Shared {
+/// A partition's store, open: what a restore, the book's thread and the
+/// store's writer share.
+pub struct OpenStore {
     dir: PathBuf,
     partition: i32,
-    expected: usize,
-    /// Opened by the writer when the first order leaves memory.
+    /// Deleted when closed (another process has the partition's own).
+    scratch: bool,
+    /// `None` once closed, or when it could not be opened.
     store: Mutex<Option<PartitionStore>>,
-    /// Orders handed to the writer and not yet written.
+    /// Orders handed to the writer to spill and not yet written.
     unwritten: Mutex<HashMap<Arc<str>, Arc<OrderRecord>>>,
     failure: Mutex<Option<String>>,
-    /// Set when the book is dropped: what is left is not written.
+    /// Set when the book is dropped: spills left are not written.
     closing: AtomicBool,
 }
 
-/// Orders handed over and not yet taken by the writer, at most: past it
-/// the book's thread waits (the writer sets the pace, memory stays bounded).
-const HANDOVER_QUEUE: usize = 8 * WRITE_BATCH;
-
-impl PartitionCold {
-    fn start(dir: PathBuf, partition: i32, expected: usize) -> PartitionCold {
-        let shared = Arc::new(Shared {
+impl OpenStore {
+    fn failed(dir: PathBuf, partition: i32, error: String) -> Arc<OpenStore> {
+        Arc::new(OpenStore {
             dir,
             partition,
-            expected,
+            scratch: false,
             store: Mutex::new(None),
             unwritten: Mutex::new(HashMap::new()),
-            failure: Mutex::new(None),
+            failure: Mutex::new(Some(error)),
             closing: AtomicBool::new(false),
-        });
-        let (to_writer, from_book) = crossbeam_channel::bounded(HANDOVER_QUEUE);
-        let for_writer = shared.clone();
-        let writer = std::thread::Builder::new()
-            .name(format!("store-p{partition}"))
-            .spawn(move || for_writer.write_all(&from_book));
-        match writer {
-            Ok(writer) => PartitionCold {
-                shared,
-                to_writer: Some(to_writer),
-                writer: Some(writer),
-            },
-            Err(error) => {
-                shared.fail(format!("starting the order store's writer thread: {error}"));
-                PartitionCold {
-                    shared,
-                    to_writer: None,
-                    writer: None,
-                }
-            }
-        }
+        })
     }
-}
 
-impl Shared {
     fn fail(&self, error: String) {
         self.failure.lock().get_or_insert(error);
     }
 
-    /// The writer thread: batches of handed-over orders into the store.
-    fn write_all(&self, from_book: &crossbeam_channel::Receiver<(Arc<str>, Arc<OrderRecord>)>) {
-        let mut batch = Vec::with_capacity(WRITE_BATCH);
-        while let Ok(first) = from_book.recv() {
-            batch.push(first);
-            while batch.len() < WRITE_BATCH {
-                match from_book.try_recv() {
-                    Ok(next) => batch.push(next),
-                    Err(_) => break,
-                }
-            }
-            if self.closing.load(Ordering::Relaxed) {
-                return;
-            }
-            if self.failure.lock().is_none() {
-                // fjall asserts on what it cannot do: a failure like any
-                // other, not a thread gone.
-                let written =
-                    std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| self.write(&batch)))
-                        .unwrap_or_else(|_| {
-                            Err(format!("the order store {} panicked", self.dir.display()))
-                        });
-                match written {
-                    Ok(()) => {
-                        let mut unwritten = self.unwritten.lock();
-                        for (order_id, record) in &batch {
-                            // Unless handed over again since (a newer record).
-                            if unwritten
-                                .get(order_id)
-                                .is_some_and(|r| Arc::ptr_eq(r, record))
-                            {
-                                unwritten.remove(order_id);
-                            }
-                        }
-                    }
-                    Err(error) => self.fail(error),
-                }
-            }
-            batch.clear();
+    /// What the store holds: the changelog up to this offset (`None`: an
+    /// empty store, nothing vouched for).
+    pub fn checkpoint(&self) -> Option<i64> {
+        let store = self.store.lock();
+        store
+            .as_ref()
+            .and_then(PartitionStore::checkpoint)
+            .map(|c| c.changelog_next)
+    }
+
+    /// Empties the store (its checkpoint is ahead of the changelog).
+    pub fn reset(&self) -> Result<(), String> {
+        let mut store = self.store.lock();
+        drop(store.take());
+        std::fs::remove_dir_all(&self.dir)
+            .and_then(|()| std::fs::create_dir_all(&self.dir))
+            .map_err(|e| format!("emptying the order store {}: {e}", self.dir.display()))?;
+        let opened = PartitionStore::open_with(&self.dir, MIN_EXPECTED_ORDERS, STORE_MEMORY)
+            .map_err(|e| e.to_string())?;
+        *store = Some(opened);
+        Ok(())
+    }
+
+    /// Every record, decoded, to `apply` (in key order); the count. A
+    /// record that does not decode is an error: the store is then emptied
+    /// by the caller and the changelog read whole.
+    pub fn scan(&self, mut apply: impl FnMut(&str, state::ChangelogEntry)) -> Result<u64, String> {
+        let store = self.store.lock();
+        let Some(store) = store.as_ref() else {
+            return Ok(0);
+        };
+        let mut read = 0;
+        for record in store.records() {
+            let (key, value) = record.map_err(|e| e.to_string())?;
+            let order_id = std::str::from_utf8(&key).map_err(|_| {
+                format!(
+                    "a key in the order store {} is not UTF-8",
+                    self.dir.display()
+                )
+            })?;
+            let entry = state::decode(&value).map_err(|e| {
+                format!(
+                    "a record in the order store {} does not decode: {e}",
+                    self.dir.display()
+                )
+            })?;
+            apply(order_id, entry);
+            read += 1;
+        }
+        Ok(read)
+    }
+
+    /// Writes committed changelog records, then the checkpoint `next`
+    /// (the changelog offset after them), in one atomic batch; records
+    /// before the store's checkpoint are already held and skipped.
+    pub fn commit(&self, copies: &[Committed], next: i64) -> Result<(), String> {
+        let mut store = self.store.lock();
+        let Some(store) = store.as_mut() else {
+            return Ok(());
+        };
+        let held = store.checkpoint().map_or(0, |c| c.changelog_next);
+        if next <= held {
+            return Ok(());
+        }
+        let expires_at_ms = expiry_ms();
+        let puts: Vec<Put> = copies
+            .iter()
+            .filter(|copy| copy.offset >= held)
+            .map(|copy| Put {
+                key: copy.key.clone(),
+                value: copy.value.clone(),
+                expires_at_ms,
+            })
+            .collect();
+        let checkpoint = Checkpoint {
+            changelog_next: next,
+            input_next: 0,
+        };
+        store
+            .commit_buffered(&puts, checkpoint)
+            .map_err(|e| e.to_string())
+    }
+
+    /// Makes what was written durable.
+    pub fn persist(&self) -> Result<(), String> {
+        match self.store.lock().as_ref() {
+            Some(store) => store.persist().map_err(|e| e.to_string()),
+            None => Ok(()),
         }
     }
 
-    fn write(&self, batch: &[(Arc<str>, Arc<OrderRecord>)]) -> Result<(), String> {
+    /// Records the store holds (a full count: for tests and benchmarks).
+    pub fn len(&self) -> usize {
+        let store = self.store.lock();
+        store.as_ref().and_then(|s| s.len().ok()).unwrap_or(0)
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
+
+    fn spill(&self, batch: &[(Arc<str>, Arc<OrderRecord>)]) -> Result<(), String> {
         let expires_at_ms = expiry_ms();
         let puts: Vec<Put> = batch
             .iter()
@@ -253,20 +398,10 @@ impl Shared {
                 expires_at_ms,
             })
             .collect();
-        let mut store = self.store.lock();
-        let store = match &mut *store {
-            Some(store) => store,
-            None => {
-                std::fs::create_dir_all(&self.dir)
-                    .map_err(|e| format!("creating the order store {}: {e}", self.dir.display()))?;
-                let opened = PartitionStore::open_with(&self.dir, self.expected, STORE_MEMORY)
-                    .map_err(|e| e.to_string())?;
-                tracing::info!(partition = self.partition, dir = %self.dir.display(),
-                    "orders past the dedup window go to an on-disk store");
-                store.insert(opened)
-            }
-        };
-        store.write(&puts).map_err(|e| e.to_string())
+        match self.store.lock().as_mut() {
+            Some(store) => store.spill(&puts).map_err(|e| e.to_string()),
+            None => Err(format!("the order store {} is closed", self.dir.display())),
+        }
     }
 
     fn decode(&self, bytes: &[u8]) -> Option<OrderRecord> {
@@ -281,6 +416,198 @@ impl Shared {
             }
         }
     }
+
+    /// `order_id`'s newest record on disk: spilled since this open, or
+    /// committed.
+    fn recall(&self, order_id: &str) -> Option<OrderRecord> {
+        let found = {
+            let store = self.store.lock();
+            let store = store.as_ref()?;
+            let key = order_id.as_bytes();
+            store
+                .get_spilled(key)
+                .and_then(|spilled| Ok((spilled, store.get(key)?)))
+        };
+        let (spilled, committed) = match found {
+            Ok(found) => found,
+            Err(error) => {
+                self.fail(error.to_string());
+                return None;
+            }
+        };
+        let spilled = spilled.and_then(|bytes| self.decode(&bytes));
+        let committed = committed.and_then(|bytes| self.decode(&bytes));
+        match (spilled, committed) {
+            (Some(a), Some(b)) => Some(if (a.version, a.offset) >= (b.version, b.offset) {
+                a
+            } else {
+                b
+            }),
+            (a, b) => a.or(b),
+        }
+    }
+
+    fn close(&self) {
+        let store = self.store.lock().take();
+        if let Some(store) = store {
+            if let Err(error) = store.persist() {
+                tracing::warn!(partition = self.partition, %error,
+                    "making the order store durable at close");
+            }
+            drop(store);
+            if self.scratch {
+                let _ = std::fs::remove_dir_all(&self.dir);
+            }
+        }
+    }
+}
+
+/// One book's tier: its store, and the store's writer thread, which
+/// writes committed copies and orders handed over as they leave memory.
+struct PartitionCold {
+    store: Arc<OpenStore>,
+    stores: Weak<Stores>,
+    id: u64,
+    to_writer: Option<Sender<(Arc<str>, Arc<OrderRecord>)>>,
+    writer: Option<std::thread::JoinHandle<()>>,
+}
+
+/// Orders handed over and not yet taken by the writer, at most: past it
+/// the book's thread waits (the writer sets the pace, memory stays bounded).
+const HANDOVER_QUEUE: usize = 8 * WRITE_BATCH;
+
+impl PartitionCold {
+    /// A tier whose store failed to open: it reports the failure.
+    fn idle(store: Arc<OpenStore>) -> PartitionCold {
+        PartitionCold {
+            store,
+            stores: Weak::new(),
+            id: 0,
+            to_writer: None,
+            writer: None,
+        }
+    }
+
+    fn start(
+        store: Arc<OpenStore>,
+        stores: Weak<Stores>,
+        id: u64,
+        committed: Receiver<Vec<Committed>>,
+    ) -> PartitionCold {
+        let partition = store.partition;
+        let (to_writer, from_book) = crossbeam_channel::bounded(HANDOVER_QUEUE);
+        let for_writer = store.clone();
+        let writer = std::thread::Builder::new()
+            .name(format!("store-p{partition}"))
+            .spawn(move || write_all(&for_writer, &from_book, &committed));
+        match writer {
+            Ok(writer) => PartitionCold {
+                store,
+                stores,
+                id,
+                to_writer: Some(to_writer),
+                writer: Some(writer),
+            },
+            Err(error) => {
+                store.fail(format!("starting the order store's writer thread: {error}"));
+                PartitionCold {
+                    store,
+                    stores,
+                    id,
+                    to_writer: None,
+                    writer: None,
+                }
+            }
+        }
+    }
+}
+
+/// The writer thread: committed copies with their checkpoints, and
+/// batches of spilled orders, until the book is dropped; then what was
+/// committed meanwhile, and a last fsync.
+fn write_all(
+    store: &OpenStore,
+    spills: &Receiver<(Arc<str>, Arc<OrderRecord>)>,
+    committed: &Receiver<Vec<Committed>>,
+) {
+    let mut batch = Vec::with_capacity(WRITE_BATCH);
+    let mut dirty = false;
+    let mut persisted = Instant::now();
+    // A feed replaced by a later tier of the partition is done with.
+    let never = crossbeam_channel::never();
+    let mut feed = committed;
+    loop {
+        crossbeam_channel::select! {
+            recv(spills) -> first => match first {
+                Ok(first) => {
+                    batch.push(first);
+                    while batch.len() < WRITE_BATCH {
+                        match spills.try_recv() {
+                            Ok(next) => batch.push(next),
+                            Err(_) => break,
+                        }
+                    }
+                    if !store.closing.load(Ordering::Relaxed) {
+                        guarded(store, || spill(store, &batch));
+                    }
+                    batch.clear();
+                }
+                Err(_) => break,
+            },
+            recv(feed) -> copies => match copies {
+                Ok(copies) => {
+                    guarded(store, || write_committed(store, &copies));
+                    dirty = true;
+                }
+                Err(_) => feed = &never,
+            },
+            default(PERSIST_INTERVAL) => {}
+        }
+        if dirty && persisted.elapsed() >= PERSIST_INTERVAL {
+            guarded(store, || store.persist());
+            dirty = false;
+            persisted = Instant::now();
+        }
+    }
+    for copies in feed.try_iter() {
+        guarded(store, || write_committed(store, &copies));
+    }
+}
+
+/// Runs a write unless the store failed before, recording its failure;
+/// fjall asserts on what it cannot do: a failure like any other, not a
+/// thread gone.
+fn guarded(store: &OpenStore, write: impl FnOnce() -> Result<(), String>) {
+    if store.failure.lock().is_some() {
+        return;
+    }
+    let written = std::panic::catch_unwind(std::panic::AssertUnwindSafe(write))
+        .unwrap_or_else(|_| Err(format!("the order store {} panicked", store.dir.display())));
+    if let Err(error) = written {
+        store.fail(error);
+    }
+}
+
+fn write_committed(store: &OpenStore, copies: &[Committed]) -> Result<(), String> {
+    match copies.last() {
+        Some(last) => store.commit(copies, last.offset.saturating_add(1)),
+        None => Ok(()),
+    }
+}
+
+fn spill(store: &OpenStore, batch: &[(Arc<str>, Arc<OrderRecord>)]) -> Result<(), String> {
+    store.spill(batch)?;
+    let mut unwritten = store.unwritten.lock();
+    for (order_id, record) in batch {
+        // Unless handed over again since (a newer record).
+        if unwritten
+            .get(order_id)
+            .is_some_and(|r| Arc::ptr_eq(r, record))
+        {
+            unwritten.remove(order_id);
+        }
+    }
+    Ok(())
 }
 
 impl ColdOrders for PartitionCold {
@@ -288,51 +615,42 @@ impl ColdOrders for PartitionCold {
         let Some(to_writer) = &self.to_writer else {
             return;
         };
-        self.shared
+        self.store
             .unwritten
             .lock()
             .insert(order_id.clone(), record.clone());
         if to_writer.send((order_id, record)).is_err() {
-            self.shared
+            self.store
                 .fail("the order store's writer thread is gone".to_string());
         }
     }
 
     fn recall(&mut self, order_id: &str) -> Option<OrderRecord> {
-        if let Some(record) = self.shared.unwritten.lock().get(order_id) {
+        if let Some(record) = self.store.unwritten.lock().get(order_id) {
             return Some(OrderRecord::clone(record));
         }
-        let found = {
-            let store = self.shared.store.lock();
-            store.as_ref()?.get(order_id.as_bytes())
-        };
-        match found {
-            Ok(Some(bytes)) => self.shared.decode(&bytes),
-            Ok(None) => None,
-            Err(error) => {
-                self.shared.fail(error.to_string());
-                None
-            }
-        }
+        self.store.recall(order_id)
     }
 
     fn failure(&self) -> Option<String> {
-        self.shared.failure.lock().clone()
+        self.store.failure.lock().clone()
     }
 }
 
 impl Drop for PartitionCold {
     fn drop(&mut self) {
-        // What is left unwritten is not needed: the store goes with the book.
-        self.shared.closing.store(true, Ordering::Relaxed);
+        // No more committed copies: the partition's next restore reads
+        // what comes after from the changelog.
+        if let Some(stores) = self.stores.upgrade() {
+            stores.closed(self.store.partition, self.id);
+        }
+        // Spills left are not needed: the book is gone.
+        self.store.closing.store(true, Ordering::Relaxed);
         drop(self.to_writer.take());
         if let Some(writer) = self.writer.take() {
             let _ = writer.join();
         }
-        // Closed first: its files go with it (a cache of this book only).
-        if self.shared.store.lock().take().is_some() {
-            let _ = std::fs::remove_dir_all(&self.shared.dir);
-        }
+        self.store.close();
     }
 }
 
@@ -369,22 +687,25 @@ mod tests {
         OrderRecord::decided(OrderState::Rejected, offset, None)
     }
 
+    fn copy(offset: i64, order_id: &str, record: &OrderRecord) -> Committed {
+        Committed {
+            offset,
+            key: order_id.as_bytes().to_vec(),
+            value: state::encode_record(3, record),
+        }
+    }
+
     #[test]
-    fn a_book_finds_every_order_it_had_no_room_for_and_its_files_go_with_it() {
+    fn a_book_finds_every_order_it_had_no_room_for_and_spills_are_not_kept_past_a_reopen() {
         let base = tempfile::tempdir().unwrap();
-        let stores = Stores::new(base.path().to_str().unwrap(), 100).unwrap();
-        let mut book = OrderBook::new(100).with_cold(stores.cold(3));
+        let stores = Stores::new(base.path().to_str().unwrap(), "group.order-state", 100).unwrap();
+        let mut book = OrderBook::new(100).with_cold(stores.cold(3, None));
         let orders = 100 + 3 * WRITE_BATCH as i64 + 7;
         for offset in 0..orders {
             book.insert(format!("o-{offset}"), record(offset));
         }
         assert_eq!((book.len(), book.evicted()), (100, 0));
         assert_eq!(book.spilled(), orders as u64 - 100);
-        let dirs = eventually("the book's store", || {
-            let dirs = std::fs::read_dir(stores.root()).ok()?.count();
-            (dirs > 0).then_some(dirs)
-        });
-        assert_eq!(dirs, 1, "one store for the book");
         // Written and still pending alike, each found with its record.
         for offset in (0..orders).rev() {
             let found = book.find(&format!("o-{offset}")).map(|r| r.offset);
@@ -393,7 +714,73 @@ mod tests {
         assert!(book.find("o-never").is_none());
         assert!(book.cold_failure().is_none());
         drop(book);
-        assert_eq!(std::fs::read_dir(stores.root()).unwrap().count(), 0);
+        // The store stays, with nothing vouched for: spills were never
+        // committed to the changelog.
+        assert!(stores.dir(3).exists(), "the partition's store is kept");
+        let store = stores.open(3).unwrap();
+        assert_eq!((store.checkpoint(), store.len()), (None, 0));
+        assert!(store.recall("o-0").is_none(), "spills are emptied at open");
+    }
+
+    #[test]
+    fn committed_copies_are_kept_with_their_checkpoint_and_found_after_a_reopen() {
+        let base = tempfile::tempdir().unwrap();
+        let stores = Stores::new(base.path().to_str().unwrap(), "g.order-state", 10).unwrap();
+        let mut book = OrderBook::new(10).with_cold(stores.cold(3, None));
+        let older = record(5);
+        let newer = OrderRecord {
+            version: 2,
+            ..record(9)
+        };
+        stores.committed(3, vec![copy(40, "o-a", &older), copy(41, "o-b", &older)]);
+        stores.committed(3, vec![copy(42, "o-a", &newer)]);
+        // Another partition's copies go nowhere: it has no store open.
+        stores.committed(4, vec![copy(7, "o-z", &older)]);
+        let found = eventually("the copies written", || {
+            book.find("o-a")
+                .filter(|r| r.version == 2)
+                .map(|r| r.offset)
+        });
+        assert_eq!(found, 9);
+        drop(book);
+        let store = stores.open(3).unwrap();
+        assert_eq!(
+            store.checkpoint(),
+            Some(43),
+            "the offset after the last copy"
+        );
+        let mut seen = Vec::new();
+        store
+            .scan(|id, entry| seen.push((id.to_string(), entry.record.offset)))
+            .unwrap();
+        assert_eq!(seen, [("o-a".to_string(), 9), ("o-b".to_string(), 5)]);
+        // Copies before the checkpoint are held already: not written again.
+        store.commit(&[copy(41, "o-b", &newer)], 42).unwrap();
+        assert_eq!(store.checkpoint(), Some(43));
+        assert_eq!(store.recall("o-b").map(|r| r.offset), Some(5));
+        assert!(!stores.dir(4).exists(), "no store for partition 4");
+    }
+
+    #[test]
+    fn a_store_open_in_another_process_gives_way_to_a_scratch_store_deleted_at_close() {
+        let base = tempfile::tempdir().unwrap();
+        let stores = Stores::new(base.path().to_str().unwrap(), "g.s", 10).unwrap();
+        let first = stores.open(2).unwrap();
+        first.commit(&[copy(0, "o-1", &record(0))], 1).unwrap();
+        // fjall's lock file is held per open: a second open is refused as
+        // a second process's would be.
+        let second = stores.open(2).unwrap();
+        assert_eq!(second.checkpoint(), None, "a new, empty store");
+        assert!(second.dir != first.dir);
+        let scratch = second.dir.clone();
+        assert!(scratch.exists());
+        drop(stores.cold(2, Some(second)));
+        assert!(!scratch.exists(), "the scratch store goes at close");
+        assert_eq!(
+            first.checkpoint(),
+            Some(1),
+            "the partition's own is untouched"
+        );
     }
 
     #[test]
@@ -401,33 +788,31 @@ mod tests {
         let base = tempfile::tempdir().unwrap();
         let file = base.path().join("not-a-directory");
         std::fs::write(&file, b"x").unwrap();
-        let stores = Stores::new(file.to_str().unwrap(), 10).unwrap();
-        let mut book = OrderBook::new(10).with_cold(stores.cold(0));
-        for offset in 0..(10 + WRITE_BATCH as i64) {
-            book.insert(format!("o-{offset}"), record(offset));
-        }
-        let failure = eventually("the writer's failure", || book.cold_failure());
+        let stores = Stores::new(file.to_str().unwrap(), "g.s", 10).unwrap();
+        let book = OrderBook::new(10).with_cold(stores.cold(0, None));
+        let failure = eventually("the store's failure", || book.cold_failure());
         assert!(failure.contains("not-a-directory"), "{failure}");
     }
 
     #[test]
-    fn stores_of_processes_that_are_gone_are_removed_at_start() {
+    fn scratch_stores_of_processes_that_are_gone_are_removed_at_start() {
         let base = tempfile::tempdir().unwrap();
+        let root = base.path().join("g.s");
         // No process has this PID (above the kernel's pid_max limit).
-        let gone = base.path().join(format!("orderflow-store-{}", 1u32 << 23));
-        let live = base.path().join("orderflow-store-1");
-        let other = base.path().join("someone-else");
-        for dir in [&gone, &live, &other] {
-            std::fs::create_dir_all(dir.join("p0-0")).unwrap();
+        let gone = root.join(format!("{SCRATCH}{}-0-p1", 1u32 << 23));
+        let live = root.join(format!("{SCRATCH}1-0-p1"));
+        let own = root.join("p1");
+        for dir in [&gone, &live, &own] {
+            std::fs::create_dir_all(dir).unwrap();
         }
-        let _stores = Stores::new(base.path().to_str().unwrap(), 10).unwrap();
-        assert!(!gone.exists(), "a gone process's stores are removed");
-        assert!(live.exists(), "PID 1 runs: its stores stay");
-        assert!(other.exists(), "what is not ours stays");
+        let _stores = Stores::new(base.path().to_str().unwrap(), "g.s", 10).unwrap();
+        assert!(!gone.exists(), "a gone process's scratch store is removed");
+        assert!(live.exists(), "PID 1 runs: its scratch store stays");
+        assert!(own.exists(), "a partition's own store stays");
     }
 
     #[test]
-    fn off_means_no_tier() {
-        assert!(Stores::new(OFF, 10).is_none());
+    fn off_means_no_stores() {
+        assert!(Stores::new(OFF, "g.s", 10).is_none());
     }
 }

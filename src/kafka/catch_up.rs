@@ -94,20 +94,44 @@ pub fn read_to_end<C: ConsumerContext>(
     partitions: Option<&[i32]>,
     brokers: &str,
     stop: &dyn Fn() -> bool,
-    mut apply: impl FnMut(&BorrowedMessage<'_>),
+    apply: impl FnMut(&BorrowedMessage<'_>),
 ) -> Result<u64, StartError> {
     let partitions = match partitions {
         Some(partitions) => partitions.to_vec(),
         None => partitions_of(consumer, topic, brokers)?,
     };
+    let starts: Vec<(i32, i64)> = partitions.iter().map(|p| (*p, 0)).collect();
+    read_from(consumer, topic, &starts, stop, apply).map(|(read, _)| read)
+}
+
+/// [`read_to_end`] of `(partition, first offset)` pairs (an offset below
+/// the partition's first record reads from its first record). Returns the
+/// records read, and each partition's end: the high watermark it was read
+/// to (every record before it that a `read_committed` reader may see was
+/// given to `apply`).
+pub fn read_from<C: ConsumerContext>(
+    consumer: &BaseConsumer<C>,
+    topic: &str,
+    starts: &[(i32, i64)],
+    stop: &dyn Fn() -> bool,
+    mut apply: impl FnMut(&BorrowedMessage<'_>),
+) -> Result<(u64, HashMap<i32, i64>), StartError> {
     let mut remaining: HashMap<i32, i64> = HashMap::new();
+    let mut ends = HashMap::new();
     let mut tpl = TopicPartitionList::new();
-    for partition in &partitions {
-        let (low, high) = consumer.fetch_watermarks(topic, *partition, METADATA_TIMEOUT)?;
-        if high > low {
-            remaining.insert(*partition, high);
+    for &(partition, start) in starts {
+        let (low, high) = consumer.fetch_watermarks(topic, partition, METADATA_TIMEOUT)?;
+        let first = start.max(low);
+        if high > first {
+            remaining.insert(partition, high);
         }
-        tpl.add_partition_offset(topic, *partition, Offset::Beginning)?;
+        ends.insert(partition, high);
+        let offset = if start <= low {
+            Offset::Beginning
+        } else {
+            Offset::Offset(first)
+        };
+        tpl.add_partition_offset(topic, partition, offset)?;
     }
     consumer.assign(&tpl)?;
     let started = Instant::now();
@@ -162,7 +186,7 @@ pub fn read_to_end<C: ConsumerContext>(
         elapsed_ms = started.elapsed().as_millis() as u64,
         "read to the end"
     );
-    Ok(read)
+    Ok((read, ends))
 }
 
 #[cfg(test)]

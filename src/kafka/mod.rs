@@ -82,6 +82,10 @@ pub enum StartError {
     },
     #[error("kafka client: {0}")]
     Kafka(#[from] rdkafka::error::KafkaError),
+    /// A partition's local order store could not be opened, read or
+    /// written during a restore (the restore is tried again).
+    #[error("{0} (check engine.store_dir's disk)")]
+    Store(String),
 }
 
 /// Why a running processor stops on its own (besides a failed
@@ -112,7 +116,8 @@ pub enum Fatal {
     #[error(
         "the on-disk order store of orders partition {partition} failed ({error}): an order \
          it holds could be decided again; the record that met it stays uncommitted, and a \
-         restart rebuilds the store from the status topic (check engine.store_dir's disk)"
+         restart restores the partition from its store's checkpoint and the changelog (check \
+         engine.store_dir's disk)"
     )]
     OrderStore { partition: i32, error: String },
 }

@@ -21,11 +21,17 @@
 //! a restore reads. Without them, the copy follows the status's
 //! acknowledgement, and a crash in between leaves a status whose copy
 //! never went; so a restore first reads status partition `p` whole.
+//!
+//! With the local stores on (`engine.store_dir`, see `cold`), a partition
+//! whose store is on this machine starts from it: the store's records
+//! rebuild the book and the reservations, and the state topic is read
+//! only from the store's checkpoint on, each record read written to the
+//! store, which then vouches for the changelog up to its end.
 
-use super::catch_up::{partitions_of, read_to_end};
+use super::catch_up::{partitions_of, read_from, read_to_end};
 use super::tracker::OffsetTracker;
-use super::{Reader, ReaderContext, StartError};
-use crate::cold::Stores;
+use super::{Reader, ReaderContext, StartError, METADATA_TIMEOUT};
+use crate::cold::{Committed, OpenStore, Stores, WRITE_BATCH};
 use crate::config::Config;
 use crate::engine::{self, OrderBook};
 use crate::inventory::Inventory;
@@ -33,6 +39,7 @@ use crate::shutdown::Shutdown;
 use crate::state::{self, Restorer};
 use crate::telemetry::{self, KafkaErrorKind};
 use crossbeam_channel::{Receiver, RecvTimeoutError, Sender};
+use rdkafka::consumer::Consumer;
 use rdkafka::message::{Headers, Message};
 use std::collections::HashMap;
 use std::sync::Arc;
@@ -49,6 +56,9 @@ const IDLE_POLL: Duration = Duration::from_millis(100);
 
 /// Restored books, by partition.
 pub type Books = HashMap<i32, OrderBook>;
+
+/// The local stores a restore opened, by partition.
+type Stored = HashMap<i32, Arc<OpenStore>>;
 
 /// Gives back to the inventory what restored `books` took, when they will
 /// not be used (a failed attempt, or partitions revoked while restoring).
@@ -72,8 +82,9 @@ pub struct Recovery {
     capacity: usize,
     /// Partitions of `orders` when each sells only its quota.
     quota_of: Option<u32>,
-    /// Where restored books put the orders past `capacity` (`None`: they
-    /// forget them).
+    /// The partitions' local stores, which restored books keep their
+    /// orders in and restores start from (`None`: books forget orders
+    /// past `capacity`, and restores read the changelog whole).
     stores: Option<Arc<Stores>>,
     /// Whether a restore reads the status topic before the state topic.
     /// Without transactions it must: a status acknowledged just before a
@@ -86,7 +97,13 @@ pub struct Recovery {
 }
 
 impl Recovery {
-    pub fn new(config: &Config, inventory: Arc<Inventory>) -> Result<Self, StartError> {
+    /// `stores`: the partitions' local stores (`None`: off), shared with
+    /// the sink that feeds them.
+    pub fn new(
+        config: &Config,
+        inventory: Arc<Inventory>,
+        stores: Option<Arc<Stores>>,
+    ) -> Result<Self, StartError> {
         let group = format!("{}-restore", config.kafka.group_id);
         Ok(Recovery {
             reader: super::reader_config(&config.kafka, &group)
@@ -97,7 +114,7 @@ impl Recovery {
             inventory,
             capacity: config.engine.dedup_window_orders,
             quota_of: None,
-            stores: Stores::new(&config.engine.store_dir, config.engine.dedup_window_orders),
+            stores,
             statuses: true,
             statuses_always: config.engine.restore_statuses,
         })
@@ -131,11 +148,29 @@ impl Recovery {
         let mut backoff = RETRY_BACKOFF_MIN;
         while !stop() {
             let started = Instant::now();
-            let mut restorer = Restorer::new(&self.inventory, self.capacity, self.quota_of);
-            if let Some(stores) = &self.stores {
-                restorer = restorer.with_cold(Box::new(|partition| stores.cold(partition)));
-            }
-            match self.read(partitions, &mut restorer, stop) {
+            let attempt = self.open_stores(partitions).and_then(|opened| {
+                let mut restorer = Restorer::new(&self.inventory, self.capacity, self.quota_of);
+                if let Some(stores) = &self.stores {
+                    let opened = opened.clone();
+                    restorer = restorer.with_cold(Box::new(move |partition| {
+                        stores.cold(partition, opened.get(&partition).cloned())
+                    }));
+                }
+                // Each book with its store's tier from the start.
+                for partition in partitions {
+                    restorer.ensure_book(*partition);
+                }
+                let read = self.read(partitions, &opened, &mut restorer, stop);
+                Ok((restorer, read))
+            });
+            let (restorer, read) = match attempt {
+                Ok(attempt) => attempt,
+                Err(error) => (
+                    Restorer::new(&self.inventory, self.capacity, self.quota_of),
+                    Err(error),
+                ),
+            };
+            match read {
                 Ok(read) if !stop() => {
                     telemetry::orders_recovered(
                         partitions,
@@ -163,12 +198,88 @@ impl Recovery {
         None
     }
 
+    /// The local stores of `partitions`, open (none without stores).
+    fn open_stores(&self, partitions: &[i32]) -> Result<Stored, StartError> {
+        let Some(stores) = &self.stores else {
+            return Ok(Stored::new());
+        };
+        partitions
+            .iter()
+            .map(|partition| {
+                stores
+                    .open(*partition)
+                    .map(|store| (*partition, store))
+                    .map_err(StartError::Store)
+            })
+            .collect()
+    }
+
+    /// Where each partition's read of the state topic starts: its store's
+    /// checkpoint, after the store's records were applied; else 0. A
+    /// checkpoint past the partition's end (the topic was made again) or a
+    /// store that cannot be read empties the store.
+    fn from_stores(
+        &self,
+        partitions: &[i32],
+        opened: &Stored,
+        restorer: &mut Restorer<'_>,
+    ) -> Result<(Vec<(i32, i64)>, u64), StartError> {
+        let mut starts = Vec::with_capacity(partitions.len());
+        let mut local = 0;
+        for partition in partitions {
+            let Some(store) = opened.get(partition) else {
+                starts.push((*partition, 0));
+                continue;
+            };
+            let Some(checkpoint) = store.checkpoint() else {
+                starts.push((*partition, 0));
+                continue;
+            };
+            let (_, high) =
+                self.reader
+                    .fetch_watermarks(&self.state_topic, *partition, METADATA_TIMEOUT)?;
+            if checkpoint > high {
+                tracing::warn!(
+                    partition,
+                    checkpoint,
+                    end = high,
+                    "the order store is ahead of the changelog (made again?): emptied"
+                );
+                store.reset().map_err(StartError::Store)?;
+                starts.push((*partition, 0));
+                continue;
+            }
+            let scanned = store.scan(|order_id, entry| {
+                if entry.partition == *partition {
+                    restorer.apply_stored(order_id, entry)
+                }
+            });
+            match scanned {
+                Ok(scanned) => {
+                    local += scanned;
+                    starts.push((*partition, checkpoint));
+                }
+                // Before anything was decided: the attempt is given back
+                // and tried again, from an emptied store.
+                Err(error) => {
+                    store.reset().map_err(StartError::Store)?;
+                    return Err(StartError::Store(error));
+                }
+            }
+        }
+        Ok((starts, local))
+    }
+
     fn read(
         &self,
         partitions: &[i32],
+        opened: &Stored,
         restorer: &mut Restorer<'_>,
         stop: &dyn Fn() -> bool,
     ) -> Result<u64, StartError> {
+        // First the local stores (they hold one record per order, so the
+        // restorer looks nothing up), then what came after them.
+        let (starts, local) = self.from_stores(partitions, opened, restorer)?;
         let mut read = 0;
         if self.statuses {
             read += self.read_statuses(partitions, restorer, stop)?;
@@ -176,15 +287,28 @@ impl Recovery {
         // Then the order records of the state topic (every change's, since
         // statuses got copies; before, only those without a status): the
         // restorer keeps each order's newest record by its version,
-        // whichever topic it came from.
+        // whichever topic it came from. Each record read goes to the
+        // partition's store, with the checkpoint after it.
         let mut unreadable = 0u64;
-        read += read_to_end(
-            &self.reader,
-            &self.state_topic,
-            Some(partitions),
-            &self.brokers,
-            stop,
-            |message| {
+        let mut pending: HashMap<i32, Vec<Committed>> = HashMap::new();
+        let mut failed = None;
+        let (state_read, ends) =
+            read_from(&self.reader, &self.state_topic, &starts, stop, |message| {
+                let partition = message.partition();
+                if let Some(store) = opened.get(&partition) {
+                    let batch = pending.entry(partition).or_default();
+                    batch.push(Committed {
+                        offset: message.offset(),
+                        key: message.key().map(<[u8]>::to_vec).unwrap_or_default(),
+                        value: message.payload().map(<[u8]>::to_vec).unwrap_or_default(),
+                    });
+                    if batch.len() >= WRITE_BATCH {
+                        if let Err(error) = store.commit(batch, message.offset() + 1) {
+                            failed.get_or_insert(error);
+                        }
+                        batch.clear();
+                    }
+                }
                 let entry = message.payload().map(state::decode);
                 match (
                     message.key().and_then(|k| std::str::from_utf8(k).ok()),
@@ -199,12 +323,35 @@ impl Recovery {
                     (_, None) => {}
                     _ => unreadable += 1,
                 }
-            },
-        )?;
+            })?;
+        read += state_read;
         if unreadable > 0 {
             tracing::warn!(
                 unreadable,
                 "order-state records that could not be read were skipped"
+            );
+        }
+        if !stop() {
+            // Read to the end: each store now vouches for its partition's
+            // changelog up to there.
+            for (partition, store) in opened {
+                let batch = pending.remove(partition).unwrap_or_default();
+                let end = ends.get(partition).copied().unwrap_or(0);
+                let written = store.commit(&batch, end).and_then(|()| store.persist());
+                if let Err(error) = written {
+                    failed.get_or_insert(error);
+                }
+            }
+        }
+        if let Some(error) = failed {
+            return Err(StartError::Store(error));
+        }
+        if local > 0 {
+            tracing::info!(
+                ?partitions,
+                records = local,
+                changelog_records = read,
+                "restored from the local order stores and the changelog after them"
             );
         }
         Ok(read)

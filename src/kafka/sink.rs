@@ -34,10 +34,17 @@
 //! open transaction, behind a [`Gate`] that a commit closes while it runs.
 //! A failed delivery is then not sent again: it dooms the transaction,
 //! which is aborted at its commit, and the processor stops.
+//!
+//! With the local order stores on, each delivered copy to the state topic
+//! goes to its partition's store ([`ChangelogFeed`]) once it is committed:
+//! at its delivery without transactions, with the commit of its
+//! transaction with them (dropped if it aborts), so a store never holds a
+//! record the changelog does not.
 
 use super::error_kind;
 use super::tracker::{token, OffsetTracker};
 use super::Fatal;
+use crate::cold::{Committed, Stores};
 use crate::order::decode::DeadLetter;
 use crate::shutdown::Shutdown;
 use crate::telemetry;
@@ -230,6 +237,58 @@ struct Shared {
     /// Set by every successful delivery: the redelivery backoff starts
     /// over once something gets through.
     delivered: AtomicBool,
+    feed: Option<ChangelogFeed>,
+    /// Copies delivered in the open transaction, in delivery order: the
+    /// feed's once it commits.
+    uncommitted: parking_lot::Mutex<Vec<(i32, Committed)>>,
+}
+
+/// Where delivered copies of order records go once committed: the local
+/// stores of their partitions (see `cold`).
+#[derive(Clone)]
+pub struct ChangelogFeed {
+    /// The state topic (`topics.state`).
+    pub topic: String,
+    pub stores: Arc<Stores>,
+}
+
+impl Shared {
+    /// A delivered record: to the feed if it is a copy for the stores.
+    fn feed(&self, message: &rdkafka::message::BorrowedMessage<'_>) {
+        let Some(feed) = &self.feed else {
+            return;
+        };
+        if message.topic() != feed.topic {
+            return;
+        }
+        let copy = Committed {
+            offset: message.offset(),
+            key: message.key().map(<[u8]>::to_vec).unwrap_or_default(),
+            value: message.payload().map(<[u8]>::to_vec).unwrap_or_default(),
+        };
+        if self.gate.is_some() {
+            self.uncommitted.lock().push((message.partition(), copy));
+        } else {
+            feed.stores.committed(message.partition(), vec![copy]);
+        }
+    }
+
+    /// The open transaction committed: its copies go to the stores, by
+    /// partition, in order.
+    fn release_committed(&self) {
+        let Some(feed) = &self.feed else {
+            return;
+        };
+        let copies = std::mem::take(&mut *self.uncommitted.lock());
+        let mut by_partition: std::collections::BTreeMap<i32, Vec<Committed>> =
+            std::collections::BTreeMap::new();
+        for (partition, copy) in copies {
+            by_partition.entry(partition).or_default().push(copy);
+        }
+        for (partition, copies) in by_partition {
+            feed.stores.committed(partition, copies);
+        }
+    }
 }
 
 impl Shared {
@@ -271,8 +330,9 @@ impl ProducerContext for SinkContext {
 
     fn delivery(&self, result: &DeliveryResult<'_>, mut delivery: Box<Delivery>) {
         match result {
-            Ok(_) => {
+            Ok(message) => {
                 self.shared.delivered.store(true, Ordering::Relaxed);
+                self.shared.feed(message);
                 if let Some((source, partition, offset)) = token::unpack(delivery.token) {
                     let tracker = self.shared.tracker(source);
                     // Outputs held until this record's were all delivered
@@ -387,6 +447,8 @@ pub struct SinkSetup {
     pub shutdown: Shutdown,
     /// See `Shared::shutdown_timeout` (`engine.shutdown_timeout_ms`).
     pub shutdown_timeout: Duration,
+    /// Where committed copies of order records go (`None`: no stores).
+    pub changelog: Option<ChangelogFeed>,
 }
 
 pub struct Sink {
@@ -416,6 +478,8 @@ impl Sink {
             shutdown_timeout: setup.shutdown_timeout,
             shutdown_seen: OnceLock::new(),
             delivered: AtomicBool::new(false),
+            feed: setup.changelog,
+            uncommitted: parking_lot::Mutex::new(Vec::new()),
         });
         let context = SinkContext {
             shared: shared.clone(),
@@ -556,6 +620,17 @@ impl Sink {
             .gate
             .as_deref()
             .map(|gate| gate.committed.load(Ordering::Acquire))
+    }
+
+    /// The open transaction committed (called under the gate, before the
+    /// next begins): the copies delivered in it go to the stores.
+    pub fn transaction_committed(&self) {
+        self.shared.release_committed();
+    }
+
+    /// The open transaction aborted: its copies are not the changelog's.
+    pub fn transaction_aborted(&self) {
+        self.shared.uncommitted.lock().clear();
     }
 
     /// Waits until every queued record is delivered or `timeout` passes.

@@ -28,7 +28,7 @@
 //! probe therefore commits offset 0 of the first `orders` partition for a
 //! group of its own, `{group_id}-transactions-probe`, which nothing reads.
 
-use super::sink::{OutputLimits, Sink, SinkSetup, TxnState};
+use super::sink::{ChangelogFeed, OutputLimits, Sink, SinkSetup, TxnState};
 use super::tracker::OffsetTracker;
 use crate::config::{Config, KafkaConfig, TransactionMode};
 use crate::shutdown::Shutdown;
@@ -120,6 +120,7 @@ pub fn start_sink(
     config: &Config,
     trackers: Trackers,
     shutdown: &Shutdown,
+    changelog: Option<ChangelogFeed>,
 ) -> Result<(Arc<Sink>, Option<Transactions>), TransactionError> {
     let limits = OutputLimits::of(
         &super::producer_config(&config.kafka),
@@ -132,6 +133,7 @@ pub fn start_sink(
         transactional,
         shutdown: shutdown.clone(),
         shutdown_timeout: Duration::from_millis(config.engine.shutdown_timeout_ms),
+        changelog: changelog.clone(),
     };
     let plain = || Sink::new(super::producer_config(&config.kafka), setup(false)).map(Arc::new);
     let mode = config.kafka.transactions;
@@ -305,6 +307,7 @@ impl Transactions {
         };
         if committed.is_ok() {
             gate.committed();
+            self.sink.transaction_committed();
         }
         if committed.is_ok() && next == Next::Begin {
             gate.reset_doom();
@@ -322,6 +325,7 @@ impl Transactions {
         };
         *state = TxnState::Finished;
         let aborted = producer.abort_transaction(self.timeout);
+        self.sink.transaction_aborted();
         if let Err(error) = &aborted {
             tracing::warn!(%error, "aborting the failed transaction");
         }
@@ -362,6 +366,7 @@ impl Transactions {
             if let Err(error) = producer.abort_transaction(self.timeout) {
                 tracing::warn!(%error, "aborting the transaction");
             }
+            self.sink.transaction_aborted();
         }
         *state = TxnState::Finished;
         TransactionError::Aborted {

@@ -616,6 +616,7 @@ mod tests {
                 transactional: false,
                 shutdown: shutdown.clone(),
                 shutdown_timeout: Duration::from_secs(1),
+                changelog: None,
             },
         )
         .unwrap();

@@ -16,7 +16,11 @@
 //!   walks it oldest first. A record written again with a later expiry
 //!   leaves its older index entry behind; retention drops such an entry
 //!   when it finds the record's expiry has moved on, so a write never reads;
-//! - `meta`: the checkpoint.
+//! - `meta`: the checkpoint;
+//! - `spilled`: records the processor moved out of memory before their
+//!   changelog copy was committed (so not yet in `orders`). It holds what
+//!   one open of the store was handed, and is emptied at the next open:
+//!   never part of what a checkpoint vouches for.
 //!
 //! [`PartitionStore::commit`] writes a batch of records and the checkpoint
 //! in one atomic, durable (fsynced) fjall write batch: after a crash the
@@ -66,6 +70,7 @@ const WORKER_THREADS: usize = 1;
 pub const EXPIRE_BATCH: usize = 10_000;
 
 const CHECKPOINT_KEY: &[u8] = b"checkpoint";
+const SPILLED: &str = "spilled";
 const EXPIRY_BYTES: usize = 8;
 
 #[derive(Debug, thiserror::Error)]
@@ -78,6 +83,8 @@ pub enum StoreError {
     },
     #[error("order store at {path}: corrupt {what}")]
     Corrupt { path: PathBuf, what: &'static str },
+    #[error("order store at {path} is open in another process")]
+    Locked { path: PathBuf },
 }
 
 /// How far the store is current: the offsets after the last changelog
@@ -130,6 +137,7 @@ pub struct PartitionStore {
     orders: Keyspace,
     expiry: Keyspace,
     meta: Keyspace,
+    spilled: Keyspace,
     bloom: Bloom,
     checkpoint: Option<Checkpoint>,
 }
@@ -154,11 +162,20 @@ impl PartitionStore {
             .max_journaling_size(MAX_JOURNAL_BYTES)
             .worker_threads(WORKER_THREADS)
             .open()
-            .map_err(fjall)?;
+            .map_err(|source| match source {
+                fjall::Error::Locked => StoreError::Locked { path: path.clone() },
+                source => fjall(source),
+            })?;
         let options = || KeyspaceCreateOptions::default().max_memtable_size(memory.memtable_bytes);
         let orders = db.keyspace("orders", options).map_err(fjall)?;
         let expiry = db.keyspace("expiry", options).map_err(fjall)?;
         let meta = db.keyspace("meta", options).map_err(fjall)?;
+        // What the last open spilled is not vouched for: emptied.
+        if db.keyspace_exists(SPILLED) {
+            let old = db.keyspace(SPILLED, options).map_err(fjall)?;
+            db.delete_keyspace(old).map_err(fjall)?;
+        }
+        let spilled = db.keyspace(SPILLED, options).map_err(fjall)?;
         let checkpoint = match meta.get(CHECKPOINT_KEY).map_err(fjall)? {
             None => None,
             Some(bytes) => Some(Checkpoint::decode(&bytes).ok_or(StoreError::Corrupt {
@@ -176,6 +193,7 @@ impl PartitionStore {
             orders,
             expiry,
             meta,
+            spilled,
             bloom,
             checkpoint,
         })
@@ -207,10 +225,19 @@ impl PartitionStore {
 
     /// The record of `key`, read from disk unless the filter rules it out.
     pub fn get(&self, key: &[u8]) -> Result<Option<Vec<u8>>, StoreError> {
+        self.get_in(&self.orders, key)
+    }
+
+    /// The record of `key` spilled since this open ([`PartitionStore::spill`]).
+    pub fn get_spilled(&self, key: &[u8]) -> Result<Option<Vec<u8>>, StoreError> {
+        self.get_in(&self.spilled, key)
+    }
+
+    fn get_in(&self, keyspace: &Keyspace, key: &[u8]) -> Result<Option<Vec<u8>>, StoreError> {
         if !self.bloom.may_contain(key) {
             return Ok(None);
         }
-        match self.orders.get(key).map_err(|e| self.fjall(e))? {
+        match keyspace.get(key).map_err(|e| self.fjall(e))? {
             None => Ok(None),
             Some(stored) => match stored.get(EXPIRY_BYTES..) {
                 Some(value) => Ok(Some(value.to_vec())),
@@ -227,6 +254,29 @@ impl PartitionStore {
         Ok(())
     }
 
+    /// [`PartitionStore::commit`], atomic but not durable: a crash may
+    /// lose this batch and those after it, never part of one, and never
+    /// one without the batches before it (fjall's journal is replayed up
+    /// to its first incomplete batch). So the checkpoint that survives
+    /// still vouches for what survives with it. [`PartitionStore::persist`]
+    /// makes everything so far durable.
+    pub fn commit_buffered(
+        &mut self,
+        puts: &[Put],
+        checkpoint: Checkpoint,
+    ) -> Result<(), StoreError> {
+        self.put(puts, Some(checkpoint), None)?;
+        self.checkpoint = Some(checkpoint);
+        Ok(())
+    }
+
+    /// Makes every write so far durable (fsync of the journal).
+    pub fn persist(&self) -> Result<(), StoreError> {
+        self.db
+            .persist(PersistMode::SyncData)
+            .map_err(|e| self.fjall(e))
+    }
+
     /// Writes `puts` atomically but not durably, and no checkpoint: for a
     /// store used as a cache that is rebuilt from the changelog at every
     /// open. (A crash may lose the last writes; the checkpoint, if any,
@@ -234,6 +284,21 @@ impl PartitionStore {
     /// restored from.)
     pub fn write(&mut self, puts: &[Put]) -> Result<(), StoreError> {
         self.put(puts, None, None)
+    }
+
+    /// Keeps `puts` in `spilled` until the next open, not durably, apart
+    /// from the records and the checkpoint: found by
+    /// [`PartitionStore::get_spilled`].
+    pub fn spill(&mut self, puts: &[Put]) -> Result<(), StoreError> {
+        let mut batch = self.db.batch().durability(None);
+        for put in puts {
+            batch.insert(&self.spilled, put.key.as_slice(), stored(put));
+        }
+        batch.commit().map_err(|e| self.fjall(e))?;
+        for put in puts {
+            self.bloom.insert(&put.key);
+        }
+        Ok(())
     }
 
     fn put(
@@ -244,10 +309,7 @@ impl PartitionStore {
     ) -> Result<(), StoreError> {
         let mut batch = self.db.batch().durability(durability);
         for put in puts {
-            let mut stored = Vec::with_capacity(EXPIRY_BYTES + put.value.len());
-            stored.extend_from_slice(&put.expires_at_ms.to_be_bytes());
-            stored.extend_from_slice(&put.value);
-            batch.insert(&self.orders, put.key.as_slice(), stored);
+            batch.insert(&self.orders, put.key.as_slice(), stored(put));
             batch.insert(&self.expiry, expiry_key(put.expires_at_ms, &put.key), []);
         }
         if let Some(checkpoint) = checkpoint {
@@ -328,6 +390,14 @@ impl PartitionStore {
     pub fn filter_bytes(&self) -> usize {
         self.bloom.bytes()
     }
+}
+
+/// A record as stored: its expiry, then its bytes.
+fn stored(put: &Put) -> Vec<u8> {
+    let mut stored = Vec::with_capacity(EXPIRY_BYTES + put.value.len());
+    stored.extend_from_slice(&put.expires_at_ms.to_be_bytes());
+    stored.extend_from_slice(&put.value);
+    stored
 }
 
 /// Index keys sort by expiry, then key: the expiry as big-endian with its

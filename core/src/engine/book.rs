@@ -312,6 +312,20 @@ impl OrderBook {
         self.orders.insert(key, record);
     }
 
+    /// Takes in an order its [`ColdOrders`] holds already (a restore from
+    /// the partition's local store): in memory while there is room, or
+    /// while it waits on staff; otherwise only its lifecycle timer is
+    /// listed here, and [`OrderBook::find`] brings it back when asked.
+    /// Nothing is written. Without a tier it is [`OrderBook::insert`].
+    pub fn adopt(&mut self, order_id: String, record: OrderRecord) {
+        if self.cold.is_none() || self.arrival.len() < self.capacity || attention(&record) > 0 {
+            return self.insert(order_id, record);
+        }
+        if let Some(due) = next_due(&record) {
+            self.timers.insert((due, Arc::from(order_id)));
+        }
+    }
+
     /// Moves the oldest orders out of memory until one more fits: to
     /// `cold` (those waiting on staff stay, moved to the back), or,
     /// without it, forgotten.

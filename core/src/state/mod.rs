@@ -212,6 +212,37 @@ impl<'a> Restorer<'a> {
         self.applied += 1;
     }
 
+    /// Applies the record of an order the partition's cold tier holds (a
+    /// restore's scan of its local store, before anything else is
+    /// applied: each order once, so nothing is looked up): takes what it
+    /// holds, and lets the book adopt it (see [`OrderBook::adopt`]).
+    pub fn apply_stored(&mut self, order_id: &str, entry: ChangelogEntry) {
+        if !self.books.contains_key(&entry.partition) {
+            let book = self.empty_book(entry.partition);
+            self.books.insert(entry.partition, book);
+        }
+        let book = self
+            .books
+            .get_mut(&entry.partition)
+            .expect("inserted above");
+        if let (OrderState::Accepted, Some(holding)) = (&entry.record.state, &entry.record.holding)
+        {
+            self.inventory.restore(holding);
+            book.took(holding.units());
+        }
+        book.adopt(order_id.to_string(), entry.record);
+        self.applied += 1;
+    }
+
+    /// Makes `partition`'s book now, if it has none yet (so its cold tier
+    /// exists before records are applied).
+    pub fn ensure_book(&mut self, partition: i32) {
+        if !self.books.contains_key(&partition) {
+            let book = self.empty_book(partition);
+            self.books.insert(partition, book);
+        }
+    }
+
     /// The rebuilt order books of `partitions` (empty where no entry was
     /// found), by partition.
     pub fn finish(mut self, partitions: &[i32]) -> HashMap<i32, OrderBook> {
