@@ -34,6 +34,7 @@ pub const CANCELLATIONS_IGNORED_TOTAL: &str = "orderflow_cancellations_ignored_t
 pub const RECORDS_REPLAYED_TOTAL: &str = "orderflow_records_replayed_total";
 pub const RECOVERED_ORDERS_TOTAL: &str = "orderflow_recovered_orders_total";
 pub const RESTORE_RECORDS_READ_TOTAL: &str = "orderflow_restore_records_read_total";
+pub const RESTORE_RECORDS_LOCAL_TOTAL: &str = "orderflow_restore_records_local_total";
 pub const ORDER_LATENCY_SECONDS: &str = "orderflow_order_latency_seconds";
 pub const ORDER_LATENCY_OUT_OF_RANGE_TOTAL: &str = "orderflow_order_latency_out_of_range_total";
 pub const PROCESSING_SECONDS: &str = "orderflow_processing_seconds";
@@ -68,7 +69,7 @@ pub enum Kind {
 
 /// Every metric this process exports, with its kind. Dashboards, alert
 /// rules and their tests are checked against this list.
-pub const METRICS: [(&str, Kind); 30] = [
+pub const METRICS: [(&str, Kind); 31] = [
     (ORDERS_TOTAL, Kind::Counter),
     (ORDERS_REJECTED_TOTAL, Kind::Counter),
     (DLQ_RECORDS_TOTAL, Kind::Counter),
@@ -76,6 +77,7 @@ pub const METRICS: [(&str, Kind); 30] = [
     (RECORDS_REPLAYED_TOTAL, Kind::Counter),
     (RECOVERED_ORDERS_TOTAL, Kind::Counter),
     (RESTORE_RECORDS_READ_TOTAL, Kind::Counter),
+    (RESTORE_RECORDS_LOCAL_TOTAL, Kind::Counter),
     (ORDER_LATENCY_SECONDS, Kind::Histogram),
     (ORDER_LATENCY_OUT_OF_RANGE_TOTAL, Kind::Counter),
     (PROCESSING_SECONDS, Kind::Histogram),
@@ -331,7 +333,11 @@ pub fn describe() {
     );
     describe_counter!(
         RESTORE_RECORDS_READ_TOTAL,
-        "Records restores read (statuses without transactions, then order-state)."
+        "Records restores read from Kafka (statuses without transactions, then order-state)."
+    );
+    describe_counter!(
+        RESTORE_RECORDS_LOCAL_TOTAL,
+        "Order records restores read from the partitions' local stores (engine.store_dir)."
     );
     describe_histogram!(
         ORDER_LATENCY_SECONDS,
@@ -788,13 +794,22 @@ impl Drop for ShardTelemetry {
 
 /// Partitions' state restored: the order records applied and the records
 /// read, counted and logged.
-pub fn orders_recovered(partitions: &[i32], applied: u64, read: u64, elapsed: Duration) {
+/// A finished restore: records `applied`, `read` from Kafka and `local`
+/// from the partitions' stores.
+pub fn orders_recovered(
+    partitions: &[i32],
+    applied: u64,
+    (read, local): (u64, u64),
+    elapsed: Duration,
+) {
     counter!(RECOVERED_ORDERS_TOTAL).increment(applied);
     counter!(RESTORE_RECORDS_READ_TOTAL).increment(read);
+    counter!(RESTORE_RECORDS_LOCAL_TOTAL).increment(local);
     tracing::info!(
         ?partitions,
         applied,
         read,
+        local,
         elapsed_ms = elapsed.as_millis() as u64,
         "partition state restored"
     );

@@ -1,10 +1,11 @@
-//! Orders past the dedup window, on Apache Kafka: they leave memory for the
-//! partition's on-disk store (`engine.store_dir`, see `src/cold.rs`) and
-//! are found there again, so an order is decided once however late its
-//! duplicate comes, and a cancellation of an old order gives its units
-//! back. A restart after SIGKILL rebuilds the store from the changelog
-//! (the killed process's files are never read, and are removed) and
-//! decides no old order twice.
+//! The partitions' local order stores (`engine.store_dir`, see
+//! `src/cold.rs`), on Apache Kafka: orders past the dedup window leave
+//! memory and are found in the store again, so an order is decided once
+//! however late its duplicate comes, and a cancellation of an old order
+//! gives its units back. A restart after SIGKILL with the store's files
+//! kept starts from the store's checkpoint and reads only the changelog
+//! after it; with them deleted, it restores from the changelog; neither
+//! decides an old order twice.
 //!
 //! The changelog: every change of an order writes its record to
 //! `order-state` (compacted by order ID), so a restore with transactions
@@ -18,6 +19,7 @@ mod common;
 use common::{
     free_port, http_get, inventory_records, json, wait_for, Broker, KafkaOptions, Processor,
 };
+use orderflow::cold::Stores;
 use rdkafka::message::{Message, OwnedMessage};
 use serde_json::json;
 use std::collections::HashMap;
@@ -30,6 +32,9 @@ const TIMEOUT: Duration = Duration::from_secs(120);
 const WINDOW: usize = 50;
 /// Units of the one SKU: never the constraint.
 const STOCK: i64 = 100_000;
+/// Where the processor keeps its stores under `engine.store_dir`: its
+/// consumer group and state topic (the defaults).
+const NAMESPACE: &str = "orderflow.order-state";
 
 /// An order of one unit, cash on delivery: no capture, so nothing keeps
 /// it in memory (orders waiting on the gateway stay there).
@@ -119,13 +124,12 @@ fn a_duplicate_sent_after_three_times_the_window_gets_no_second_status() {
         ["accepted", "cancelled"],
         "decided once, and the cancellation found it"
     );
-    let stores = base
-        .path()
-        .join(format!("orderflow-store-{}", std::process::id()));
-    assert!(
-        !stores.exists() || std::fs::read_dir(&stores).unwrap().count() == 0,
-        "a stopped processor's stores are deleted"
-    );
+    // The stopped processor's store stays, vouching for a prefix of the
+    // changelog: the next start on this machine begins there.
+    let stores = Stores::new(base.path().to_str().unwrap(), NAMESPACE, WINDOW).unwrap();
+    let store = stores.open(0).unwrap();
+    assert!(store.checkpoint().is_some(), "a checkpoint at stop");
+    assert!(!store.is_empty(), "the committed records are kept");
 
     // Without the store the window forgot the order: what the store is for.
     let without = late_duplicate_and_cancel("off");
@@ -135,12 +139,6 @@ fn a_duplicate_sent_after_three_times_the_window_gets_no_second_status() {
 /// A child process, killed (SIGKILL) when dropped: also when an
 /// assertion fails.
 struct Killed(Child);
-
-impl Killed {
-    fn id(&self) -> u32 {
-        self.0.id()
-    }
-}
 
 impl Drop for Killed {
     fn drop(&mut self) {
@@ -173,47 +171,81 @@ fn spawn(broker: &Broker, sets: &[&str]) -> Killed {
     )
 }
 
-/// A process with its stores under `store_dir`.
-fn spawn_with_store(broker: &Broker, store_dir: &Path) -> Killed {
+/// A process with its stores under `store_dir`, its metrics at `metrics`.
+fn spawn_with_store(broker: &Broker, store_dir: &Path, metrics: &str) -> Killed {
     let window = format!("engine.dedup_window_orders={WINDOW}");
     let store = format!("engine.store_dir={}", store_dir.display());
-    spawn(broker, &[&window, &store])
+    let listen = format!("metrics.listen={metrics}");
+    spawn(
+        broker,
+        &[
+            &window,
+            &store,
+            "metrics.enabled=true",
+            &listen,
+            "kafka.transactions=on",
+        ],
+    )
 }
 
-#[test]
-fn after_sigkill_the_store_is_rebuilt_from_the_changelog_and_nothing_is_decided_twice() {
-    // Enough past the window for the store to write (and so make its
-    // files): orders leave memory in batches.
-    const ORDERS: usize = WINDOW + 2 * orderflow::cold::WRITE_BATCH;
+/// A counter of /metrics at `metrics`, once the restore has finished.
+fn restore_counter(metrics: &str, name: &str) -> u64 {
+    wait_for("the restore to finish", TIMEOUT, || {
+        let (_, body) = http_get(metrics, "/metrics")?;
+        // Both counters appear together, when the restore has finished.
+        body.lines()
+            .find(|line| line.starts_with("orderflow_restore_records_local_total "))?;
+        body.lines()
+            .find_map(|line| line.strip_prefix(name)?.strip_prefix(' '))
+            .and_then(|value| value.trim().parse::<f64>().ok())
+            .map(|value| value as u64)
+    })
+}
+
+/// Orders of the SIGKILL tests: many past the window, so most live only
+/// in the store.
+const KILL_ORDERS: usize = WINDOW + 4 * orderflow::cold::WRITE_BATCH;
+
+/// A sale of [`KILL_ORDERS`] orders decided by a process that is then
+/// killed with SIGKILL; `between` runs after the kill; a second process
+/// then gets every order again, a cancellation of the oldest and a
+/// sentinel. Returns the second process's restore: records read from
+/// Kafka and from the local store.
+fn kill_and_restart(between: impl FnOnce(&Path)) -> (u64, u64) {
     let broker = broker_with_stock();
     let base = tempfile::tempdir().unwrap();
-    let ids: Vec<String> = (0..ORDERS).map(|i| format!("o-{i}")).collect();
+    let metrics = format!("127.0.0.1:{}", free_port());
+    let ids: Vec<String> = (0..KILL_ORDERS).map(|i| format!("o-{i}")).collect();
 
-    let first = spawn_with_store(&broker, base.path());
-    let first_stores = base.path().join(format!("orderflow-store-{}", first.id()));
+    let first = spawn_with_store(&broker, base.path(), &metrics);
     let mut records: Vec<_> = ids.iter().map(|id| record(id, order(id))).collect();
     records.push(record("o-sentinel-1", order("o-sentinel-1")));
     broker.produce("orders", &records);
     wait_for_status(&broker, "o-sentinel-1");
-    assert!(
-        first_stores.exists(),
-        "orders past the window went to a store at {}",
-        first_stores.display()
-    );
-    drop(first);
-    assert!(first_stores.exists(), "SIGKILL left the store's files");
+    // Each commit hands its copies to the store's writer before the next
+    // transaction begins: a status committed later means the sale's
+    // copies went to the writer a transaction (200 ms) before.
+    broker.produce("orders", &[record("o-sentinel-1b", order("o-sentinel-1b"))]);
+    wait_for_status(&broker, "o-sentinel-1b");
+    drop(first); // SIGKILL
+    between(base.path());
 
-    let second = spawn_with_store(&broker, base.path());
-    // Every order again (older than the window, and than the restore's
-    // window too), a cancellation of the oldest, then a sentinel.
+    let started = std::time::Instant::now();
+    let second = spawn_with_store(&broker, base.path(), &metrics);
+    let read = restore_counter(&metrics, "orderflow_restore_records_read_total");
+    let local = restore_counter(&metrics, "orderflow_restore_records_local_total");
+    println!(
+        "restart after SIGKILL: restored in {:.1} s (process start included), {read} records \
+         read from Kafka, {local} from the local store",
+        started.elapsed().as_secs_f64()
+    );
+    // Every order again (older than the window), a cancellation of the
+    // oldest, then a sentinel.
     let mut records: Vec<_> = ids.iter().map(|id| record(id, order(id))).collect();
     records.push(record(&ids[0], cancel(&ids[0])));
     records.push(record("o-sentinel-2", order("o-sentinel-2")));
     broker.produce("orders", &records);
     wait_for_status(&broker, "o-sentinel-2");
-    wait_for("the killed process's stores to be removed", TIMEOUT, || {
-        (!first_stores.exists()).then_some(())
-    });
     drop(second);
 
     let by_id = statuses(&broker);
@@ -221,6 +253,41 @@ fn after_sigkill_the_store_is_rebuilt_from_the_changelog_and_nothing_is_decided_
     for id in &ids[1..] {
         assert_eq!(by_id[id], ["accepted"], "{id} decided once");
     }
+    (read, local)
+}
+
+#[test]
+fn after_sigkill_with_the_stores_files_deleted_the_partition_is_restored_from_the_changelog() {
+    let (read, local) = kill_and_restart(|base| {
+        let store = base.join(NAMESPACE).join("p0");
+        assert!(
+            store.exists(),
+            "the killed process's store at {}",
+            store.display()
+        );
+        std::fs::remove_dir_all(base).unwrap();
+    });
+    assert_eq!(local, 0, "no store to start from");
+    assert!(
+        read > KILL_ORDERS as u64,
+        "the changelog read whole: {read} records for {KILL_ORDERS} orders"
+    );
+}
+
+#[test]
+fn after_sigkill_with_the_stores_files_kept_the_restore_starts_from_the_checkpoint() {
+    let (read, local) = kill_and_restart(|_| {});
+    // The kill may come before the writer wrote the last commit's copies
+    // (the sentinel's): those few are read from the changelog after the
+    // checkpoint.
+    assert!(
+        local >= KILL_ORDERS as u64 * 9 / 10,
+        "{local} of {KILL_ORDERS} orders from the store"
+    );
+    assert!(
+        read < KILL_ORDERS as u64 / 10,
+        "{read} records read from Kafka: only the changelog after the checkpoint"
+    );
 }
 
 /// Orders of the changelog test's sale; each is placed, then cancelled:

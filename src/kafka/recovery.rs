@@ -276,7 +276,7 @@ impl Recovery {
         opened: &Stored,
         restorer: &mut Restorer<'_>,
         stop: &dyn Fn() -> bool,
-    ) -> Result<u64, StartError> {
+    ) -> Result<(u64, u64), StartError> {
         // First the local stores (they hold one record per order, so the
         // restorer looks nothing up), then what came after them.
         let (starts, local) = self.from_stores(partitions, opened, restorer)?;
@@ -346,15 +346,7 @@ impl Recovery {
         if let Some(error) = failed {
             return Err(StartError::Store(error));
         }
-        if local > 0 {
-            tracing::info!(
-                ?partitions,
-                records = local,
-                changelog_records = read,
-                "restored from the local order stores and the changelog after them"
-            );
-        }
-        Ok(read)
+        Ok((read, local))
     }
 
     /// Applies each status's changelog header; returns the records read.
