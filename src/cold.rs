@@ -83,7 +83,8 @@ const SCRATCH: &str = "scratch-";
 
 /// A changelog record committed to Kafka, for its partition's store: its
 /// offset in the changelog partition, its key (the order ID) and value
-/// (the state codec's bytes).
+/// (the state codec's bytes; empty for a tombstone, which removes the
+/// order from the store).
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Committed {
     pub offset: i64,
@@ -285,6 +286,11 @@ impl OpenStore {
 
     fn fail(&self, error: String) {
         self.failure.lock().get_or_insert(error);
+    }
+
+    /// The orders partition whose store this is.
+    pub fn partition(&self) -> i32 {
+        self.partition
     }
 
     /// What the store holds: the changelog up to this offset (`None`: an

@@ -290,30 +290,23 @@ impl Recovery {
         // whichever topic it came from. Each record read goes to the
         // partition's store, with the checkpoint after it.
         let mut unreadable = 0u64;
-        let mut pending: HashMap<i32, Vec<Committed>> = HashMap::new();
+        let mut pending: HashMap<i32, Vec<(Committed, Option<u64>)>> = HashMap::new();
         let mut failed = None;
         let (state_read, ends) =
             read_from(&self.reader, &self.state_topic, &starts, stop, |message| {
                 let partition = message.partition();
-                if let Some(store) = opened.get(&partition) {
-                    let batch = pending.entry(partition).or_default();
-                    batch.push(Committed {
-                        offset: message.offset(),
-                        key: message.key().map(<[u8]>::to_vec).unwrap_or_default(),
-                        value: message.payload().map(<[u8]>::to_vec).unwrap_or_default(),
-                    });
-                    if batch.len() >= WRITE_BATCH {
-                        if let Err(error) = store.commit(batch, message.offset() + 1) {
-                            failed.get_or_insert(error);
-                        }
-                        batch.clear();
-                    }
-                }
+                let order_id = message.key().and_then(|k| std::str::from_utf8(k).ok());
                 let entry = message.payload().map(state::decode);
-                match (
-                    message.key().and_then(|k| std::str::from_utf8(k).ok()),
-                    entry,
-                ) {
+                // What the partition's store keeps of it: the record, or
+                // for a tombstone its removal; nothing it cannot read.
+                let keep = match (order_id, &entry) {
+                    (Some(_), Some(Ok(entry))) if entry.partition == partition => {
+                        Some(Some(entry.record.version))
+                    }
+                    (Some(_), None) => Some(None),
+                    _ => None,
+                };
+                match (order_id, entry) {
                     (Some(order_id), Some(Ok(entry))) if partitions.contains(&entry.partition) => {
                         restorer.apply(order_id, entry)
                     }
@@ -322,6 +315,24 @@ impl Recovery {
                     // cannot read.
                     (_, None) => {}
                     _ => unreadable += 1,
+                }
+                let (Some(store), Some(version)) = (opened.get(&partition), keep) else {
+                    return;
+                };
+                let batch = pending.entry(partition).or_default();
+                batch.push((
+                    Committed {
+                        offset: message.offset(),
+                        key: message.key().map(<[u8]>::to_vec).unwrap_or_default(),
+                        value: message.payload().map(<[u8]>::to_vec).unwrap_or_default(),
+                    },
+                    version,
+                ));
+                if batch.len() >= WRITE_BATCH {
+                    if let Err(error) = write_read(store, batch, message.offset() + 1, restorer) {
+                        failed.get_or_insert(error);
+                    }
+                    batch.clear();
                 }
             })?;
         read += state_read;
@@ -337,7 +348,8 @@ impl Recovery {
             for (partition, store) in opened {
                 let batch = pending.remove(partition).unwrap_or_default();
                 let end = ends.get(partition).copied().unwrap_or(0);
-                let written = store.commit(&batch, end).and_then(|()| store.persist());
+                let written =
+                    write_read(store, &batch, end, restorer).and_then(|()| store.persist());
                 if let Err(error) = written {
                     failed.get_or_insert(error);
                 }
@@ -391,6 +403,25 @@ impl Recovery {
         }
         Ok(read)
     }
+}
+
+/// Writes changelog records a restore read (and applied) to their
+/// partition's store with the checkpoint `next`; the book then need not
+/// hand them over again when they leave memory.
+fn write_read(
+    store: &OpenStore,
+    batch: &[(Committed, Option<u64>)],
+    next: i64,
+    restorer: &mut Restorer<'_>,
+) -> Result<(), String> {
+    let copies: Vec<Committed> = batch.iter().map(|(copy, _)| copy.clone()).collect();
+    store.commit(&copies, next)?;
+    for (copy, version) in batch {
+        if let (Some(version), Ok(order_id)) = (version, std::str::from_utf8(&copy.key)) {
+            restorer.stored(store.partition(), order_id, *version);
+        }
+    }
+    Ok(())
 }
 
 /// A restore to run in the background.

@@ -113,7 +113,8 @@ impl Checkpoint {
     }
 }
 
-/// One record to write: the order's key, its record's bytes, and when
+/// One record to write: the order's key, its record's bytes (empty: the
+/// key's record is removed, as a changelog tombstone removes it), and when
 /// retention may remove it (milliseconds since the epoch).
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Put {
@@ -309,6 +310,12 @@ impl PartitionStore {
     ) -> Result<(), StoreError> {
         let mut batch = self.db.batch().durability(durability);
         for put in puts {
+            if put.value.is_empty() {
+                // A tombstone: its index entry, if any, is left to the
+                // retention pass that finds no record behind it.
+                batch.remove(&self.orders, put.key.as_slice());
+                continue;
+            }
             batch.insert(&self.orders, put.key.as_slice(), stored(put));
             batch.insert(&self.expiry, expiry_key(put.expires_at_ms, &put.key), []);
         }

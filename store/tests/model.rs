@@ -80,6 +80,11 @@ struct Model {
 impl Model {
     fn put(&mut self, put: &Put) {
         self.expired.remove(&put.key);
+        if put.value.is_empty() {
+            // A tombstone.
+            self.live.remove(&put.key);
+            return;
+        }
         self.live
             .insert(put.key.clone(), (put.value.clone(), put.expires_at_ms));
     }

@@ -5,7 +5,7 @@
 use crate::inventory::{Quota, Share, SoldUnits};
 use crate::lifecycle::{Command, Event, Millis, OrderLife};
 use serde::{Deserialize, Serialize};
-use std::collections::{BTreeSet, HashMap, VecDeque};
+use std::collections::{BTreeSet, HashMap, HashSet, VecDeque};
 use std::sync::Arc;
 
 /// Where a decided order stands.
@@ -160,6 +160,10 @@ pub struct OrderBook {
     attention: usize,
     /// Where orders past capacity go, if anywhere.
     cold: Option<Box<dyn ColdOrders>>,
+    /// Orders in memory whose record `cold` holds already (restored from
+    /// it, or written to it by the restore): moved out of memory without
+    /// being handed to it again. A change takes an order off the set.
+    clean: HashSet<Arc<str>>,
     /// Orders moved to `cold`, and found there again.
     spilled: u64,
     recalled: u64,
@@ -191,6 +195,7 @@ impl OrderBook {
             timers: BTreeSet::new(),
             attention: 0,
             cold: None,
+            clean: HashSet::new(),
             spilled: 0,
             recalled: 0,
         }
@@ -285,6 +290,9 @@ impl OrderBook {
         self.attention += attention(&record);
         if let Some(slot) = self.orders.get_mut(order_id.as_str()) {
             self.attention -= attention(slot);
+            if !self.clean.is_empty() {
+                self.clean.remove(order_id.as_str());
+            }
             let (old, new) = (next_due(slot), next_due(&record));
             *slot = record;
             if old.is_some() || new.is_some() {
@@ -319,10 +327,27 @@ impl OrderBook {
     /// Nothing is written. Without a tier it is [`OrderBook::insert`].
     pub fn adopt(&mut self, order_id: String, record: OrderRecord) {
         if self.cold.is_none() || self.arrival.len() < self.capacity || attention(&record) > 0 {
-            return self.insert(order_id, record);
+            let version = record.version;
+            self.insert(order_id.clone(), record);
+            self.mark_stored(&order_id, version);
+            return;
         }
         if let Some(due) = next_due(&record) {
             self.timers.insert((due, Arc::from(order_id)));
+        }
+    }
+
+    /// `order_id`'s record at `version` is now in the book's
+    /// [`ColdOrders`]: if that is the record in memory, moving it out
+    /// needs no handing over.
+    pub fn mark_stored(&mut self, order_id: &str, version: u64) {
+        if self.cold.is_none() {
+            return;
+        }
+        if let Some((key, record)) = self.orders.get_key_value(order_id) {
+            if record.version == version {
+                self.clean.insert(key.clone());
+            }
         }
     }
 
@@ -346,9 +371,11 @@ impl OrderBook {
                 }
                 // Its timer, if any, stays listed: `due` brings it back.
                 if let Some(record) = self.orders.remove(&oldest) {
-                    cold.keep(oldest, record);
+                    if !self.clean.remove(&oldest) {
+                        cold.keep(oldest, record);
+                        self.spilled += 1;
+                    }
                 }
-                self.spilled += 1;
                 continue;
             }
             if let Some(forgotten) = self.orders.remove(&oldest) {
@@ -457,5 +484,56 @@ mod tests {
         assert!(book.get("a").is_none());
         assert!(book.get("b").is_some() && book.get("c").is_some());
         assert_eq!((book.len(), book.evicted()), (2, 1));
+    }
+
+    /// A tier that records what it was handed.
+    struct Handed(Arc<std::sync::Mutex<Vec<String>>>);
+
+    impl ColdOrders for Handed {
+        fn keep(&mut self, order_id: Arc<str>, _record: Arc<OrderRecord>) {
+            self.0.lock().unwrap().push(order_id.to_string());
+        }
+        fn recall(&mut self, _order_id: &str) -> Option<OrderRecord> {
+            None
+        }
+    }
+
+    fn rejected(offset: i64) -> OrderRecord {
+        OrderRecord::decided(OrderState::Rejected, offset, None)
+    }
+
+    #[test]
+    fn orders_the_store_holds_leave_memory_without_being_handed_over_again() {
+        let handed = Arc::new(std::sync::Mutex::new(Vec::new()));
+        let mut book = OrderBook::new(2).with_cold(Box::new(Handed(handed.clone())));
+        // Restored from the store: two fit in memory, the third stays out.
+        for (offset, id) in ["a", "b", "c"].into_iter().enumerate() {
+            book.adopt(id.to_string(), rejected(offset as i64));
+        }
+        assert!(book.get("a").is_some() && book.get("b").is_some());
+        assert!(book.get("c").is_none(), "past capacity: left in the store");
+        // A change makes "b" the book's own again.
+        book.insert(
+            "b".into(),
+            OrderRecord {
+                version: 2,
+                ..rejected(1)
+            },
+        );
+        book.insert("d".into(), rejected(3));
+        book.insert("e".into(), rejected(4));
+        assert_eq!(
+            *handed.lock().unwrap(),
+            ["b"],
+            "only the changed one is handed over"
+        );
+        // Written by a restore: marked, so not handed over either; a
+        // record of another version is not.
+        book.insert("f".into(), rejected(5));
+        book.mark_stored("e", 1);
+        book.mark_stored("f", 7);
+        book.insert("g".into(), rejected(6));
+        book.insert("h".into(), rejected(7));
+        assert_eq!(*handed.lock().unwrap(), ["b", "d", "f"]);
     }
 }

@@ -234,6 +234,15 @@ impl<'a> Restorer<'a> {
         self.applied += 1;
     }
 
+    /// `order_id`'s record at `version` was written to `partition`'s cold
+    /// tier (a restore writes what it reads from the changelog): see
+    /// [`OrderBook::mark_stored`].
+    pub fn stored(&mut self, partition: i32, order_id: &str, version: u64) {
+        if let Some(book) = self.books.get_mut(&partition) {
+            book.mark_stored(order_id, version);
+        }
+    }
+
     /// Makes `partition`'s book now, if it has none yet (so its cold tier
     /// exists before records are applied).
     pub fn ensure_book(&mut self, partition: i32) {
