@@ -181,12 +181,13 @@ impl Stores {
             unwritten: Mutex::new(HashMap::new()),
             failure: Mutex::new(None),
             closing: AtomicBool::new(false),
+            feed: Mutex::new(None),
         }))
     }
 
     /// The tier of a book of `partition` on `store` (opened by
-    /// [`Stores::open`]; `None`: opened here), whose writer takes the
-    /// partition's committed copies from now on.
+    /// [`Stores::open`]; `None`: opened here). Its writer takes the
+    /// partition's committed copies once [`Stores::feed`] says so.
     pub fn cold(
         self: &Arc<Self>,
         partition: i32,
@@ -201,13 +202,24 @@ impl Stores {
         };
         let id = self.next.fetch_add(1, Ordering::Relaxed);
         let (feed, committed) = crossbeam_channel::unbounded();
-        self.feeds.lock().insert(partition, (id, feed));
+        *store.feed.lock() = Some((id, feed));
         Box::new(PartitionCold::start(
             store,
             Arc::downgrade(self),
             id,
             committed,
         ))
+    }
+
+    /// From now on the partition's committed copies go to `store` (its
+    /// book's tier was made by [`Stores::cold`]): once its restore has
+    /// read the changelog to its end, so the store's writer and the
+    /// restore never write the same store at once, and every copy after
+    /// that end is this process's own.
+    pub fn feed(&self, store: &OpenStore) {
+        if let Some(feed) = store.feed.lock().take() {
+            self.feeds.lock().insert(store.partition, feed);
+        }
     }
 
     /// Hands copies committed to `partition` of the changelog, in offset
@@ -269,6 +281,9 @@ pub struct OpenStore {
     failure: Mutex<Option<String>>,
     /// Set when the book is dropped: spills left are not written.
     closing: AtomicBool,
+    /// The way to the writer for committed copies, until [`Stores::feed`]
+    /// hands it to the sink's side (with the id of the tier).
+    feed: Mutex<Option<(u64, Sender<Vec<Committed>>)>>,
 }
 
 impl OpenStore {
@@ -281,6 +296,7 @@ impl OpenStore {
             unwritten: Mutex::new(HashMap::new()),
             failure: Mutex::new(Some(error)),
             closing: AtomicBool::new(false),
+            feed: Mutex::new(None),
         })
     }
 
@@ -650,6 +666,7 @@ impl Drop for PartitionCold {
         if let Some(stores) = self.stores.upgrade() {
             stores.closed(self.store.partition, self.id);
         }
+        drop(self.store.feed.lock().take());
         // Spills left are not needed: the book is gone.
         self.store.closing.store(true, Ordering::Relaxed);
         drop(self.to_writer.take());
@@ -732,7 +749,12 @@ mod tests {
     fn committed_copies_are_kept_with_their_checkpoint_and_found_after_a_reopen() {
         let base = tempfile::tempdir().unwrap();
         let stores = Stores::new(base.path().to_str().unwrap(), "g.order-state", 10).unwrap();
-        let mut book = OrderBook::new(10).with_cold(stores.cold(3, None));
+        let store = stores.open(3).unwrap();
+        let mut book = OrderBook::new(10).with_cold(stores.cold(3, Some(store.clone())));
+        // Before the restore is done, copies are not taken.
+        stores.committed(3, vec![copy(39, "o-early", &record(1))]);
+        stores.feed(&store);
+        drop(store);
         let older = record(5);
         let newer = OrderRecord {
             version: 2,

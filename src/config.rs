@@ -283,9 +283,9 @@ pub struct EngineConfig {
     pub shards: usize,
     pub shard_queue_records: usize,
     pub dedup_window_orders: usize,
-    /// Where orders past `dedup_window_orders` go (see `cold`): a
-    /// directory, `""` for the system's temporary one, `"off"` to forget
-    /// them.
+    /// Where the partitions' local order stores are (see `cold`): a
+    /// directory, `""` for the system's temporary one; `"off"`: none, and
+    /// orders past `dedup_window_orders` are forgotten.
     pub store_dir: String,
     /// Whether restores read the status topic before the state topic even
     /// with transactions (without them they always do): for orders

@@ -161,17 +161,23 @@ impl Recovery {
                     restorer.ensure_book(*partition);
                 }
                 let read = self.read(partitions, &opened, &mut restorer, stop);
-                Ok((restorer, read))
+                Ok((restorer, read, opened))
             });
-            let (restorer, read) = match attempt {
+            let (restorer, read, opened) = match attempt {
                 Ok(attempt) => attempt,
                 Err(error) => (
                     Restorer::new(&self.inventory, self.capacity, self.quota_of),
                     Err(error),
+                    Stored::new(),
                 ),
             };
             match read {
                 Ok(read) if !stop() => {
+                    if let Some(stores) = &self.stores {
+                        for store in opened.values() {
+                            stores.feed(store);
+                        }
+                    }
                     telemetry::orders_recovered(
                         partitions,
                         restorer.applied,

@@ -371,7 +371,8 @@ impl OrderBook {
                 }
                 // Its timer, if any, stays listed: `due` brings it back.
                 if let Some(record) = self.orders.remove(&oldest) {
-                    if !self.clean.remove(&oldest) {
+                    // (Empty but after a restore: no hashing then.)
+                    if self.clean.is_empty() || !self.clean.remove(&oldest) {
                         cold.keep(oldest, record);
                         self.spilled += 1;
                     }
