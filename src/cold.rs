@@ -812,6 +812,35 @@ mod tests {
     }
 
     #[test]
+    fn a_record_that_does_not_decode_fails_the_scan_and_reset_empties_the_store() {
+        let base = tempfile::tempdir().unwrap();
+        let stores = Stores::new(base.path().to_str().unwrap(), "g.s", 10).unwrap();
+        let store = stores.open(1).unwrap();
+        let garbage = Committed {
+            offset: 0,
+            key: b"o-1".to_vec(),
+            value: vec![0xff, 1, 2],
+        };
+        store.commit(&[garbage], 1).unwrap();
+        let error = store.scan(|_, _| {}).unwrap_err();
+        assert!(
+            error.contains("does not decode") && error.contains("p1"),
+            "{error}"
+        );
+        store.reset().unwrap();
+        assert_eq!((store.checkpoint(), store.len()), (None, 0));
+        // A tombstone removes what a record put.
+        store.commit(&[copy(3, "o-2", &record(3))], 4).unwrap();
+        let tombstone = Committed {
+            offset: 4,
+            key: b"o-2".to_vec(),
+            value: Vec::new(),
+        };
+        store.commit(&[tombstone], 5).unwrap();
+        assert_eq!((store.checkpoint(), store.len()), (Some(5), 0));
+    }
+
+    #[test]
     fn a_store_that_cannot_be_made_reports_why() {
         let base = tempfile::tempdir().unwrap();
         let file = base.path().join("not-a-directory");

@@ -171,20 +171,25 @@ fn spawn(broker: &Broker, sets: &[&str]) -> Killed {
     )
 }
 
-/// A process with its stores under `store_dir`, its metrics at `metrics`.
-fn spawn_with_store(broker: &Broker, store_dir: &Path, metrics: &str) -> Killed {
+/// A process with its stores under `store_dir`, its metrics at `metrics`,
+/// with Kafka transactions or without.
+fn spawn_with_store(
+    broker: &Broker,
+    store_dir: &Path,
+    metrics: &str,
+    transactions: bool,
+) -> Killed {
     let window = format!("engine.dedup_window_orders={WINDOW}");
     let store = format!("engine.store_dir={}", store_dir.display());
     let listen = format!("metrics.listen={metrics}");
+    let mode = if transactions {
+        "kafka.transactions=on"
+    } else {
+        "kafka.transactions=off"
+    };
     spawn(
         broker,
-        &[
-            &window,
-            &store,
-            "metrics.enabled=true",
-            &listen,
-            "kafka.transactions=on",
-        ],
+        &[&window, &store, "metrics.enabled=true", &listen, mode],
     )
 }
 
@@ -211,13 +216,13 @@ const KILL_ORDERS: usize = WINDOW + 4 * orderflow::cold::WRITE_BATCH;
 /// then gets every order again, a cancellation of the oldest and a
 /// sentinel. Returns the second process's restore: records read from
 /// Kafka and from the local store.
-fn kill_and_restart(between: impl FnOnce(&Path)) -> (u64, u64) {
+fn kill_and_restart(transactions: bool, between: impl FnOnce(&Path)) -> (u64, u64) {
     let broker = broker_with_stock();
     let base = tempfile::tempdir().unwrap();
     let metrics = format!("127.0.0.1:{}", free_port());
     let ids: Vec<String> = (0..KILL_ORDERS).map(|i| format!("o-{i}")).collect();
 
-    let first = spawn_with_store(&broker, base.path(), &metrics);
+    let first = spawn_with_store(&broker, base.path(), &metrics, transactions);
     let mut records: Vec<_> = ids.iter().map(|id| record(id, order(id))).collect();
     records.push(record("o-sentinel-1", order("o-sentinel-1")));
     broker.produce("orders", &records);
@@ -231,7 +236,7 @@ fn kill_and_restart(between: impl FnOnce(&Path)) -> (u64, u64) {
     between(base.path());
 
     let started = std::time::Instant::now();
-    let second = spawn_with_store(&broker, base.path(), &metrics);
+    let second = spawn_with_store(&broker, base.path(), &metrics, transactions);
     let read = restore_counter(&metrics, "orderflow_restore_records_read_total");
     let local = restore_counter(&metrics, "orderflow_restore_records_local_total");
     println!(
@@ -258,7 +263,7 @@ fn kill_and_restart(between: impl FnOnce(&Path)) -> (u64, u64) {
 
 #[test]
 fn after_sigkill_with_the_stores_files_deleted_the_partition_is_restored_from_the_changelog() {
-    let (read, local) = kill_and_restart(|base| {
+    let (read, local) = kill_and_restart(true, |base| {
         let store = base.join(NAMESPACE).join("p0");
         assert!(
             store.exists(),
@@ -276,7 +281,7 @@ fn after_sigkill_with_the_stores_files_deleted_the_partition_is_restored_from_th
 
 #[test]
 fn after_sigkill_with_the_stores_files_kept_the_restore_starts_from_the_checkpoint() {
-    let (read, local) = kill_and_restart(|_| {});
+    let (read, local) = kill_and_restart(true, |_| {});
     // The kill may come before the writer wrote the last commit's copies
     // (the sentinel's): those few are read from the changelog after the
     // checkpoint.
@@ -287,6 +292,23 @@ fn after_sigkill_with_the_stores_files_kept_the_restore_starts_from_the_checkpoi
     assert!(
         read < KILL_ORDERS as u64 / 10,
         "{read} records read from Kafka: only the changelog after the checkpoint"
+    );
+}
+
+#[test]
+fn without_transactions_a_restart_after_sigkill_reads_the_statuses_then_the_store_and_decides_nothing_twice(
+) {
+    // Without transactions a status may lack its copy after a crash: the
+    // restore reads the status topic whole, the store, and the changelog
+    // after the checkpoint.
+    let (read, local) = kill_and_restart(false, |_| {});
+    assert!(
+        local >= KILL_ORDERS as u64 * 9 / 10,
+        "{local} of {KILL_ORDERS} orders from the store"
+    );
+    assert!(
+        read > KILL_ORDERS as u64,
+        "{read} records read from Kafka: the statuses too"
     );
 }
 
