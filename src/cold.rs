@@ -92,6 +92,10 @@ pub struct Committed {
     pub value: Vec<u8>,
 }
 
+/// The way to a store's writer for committed copies, with the id of the
+/// tier that started the writer.
+type Feed = (u64, Sender<Vec<Committed>>);
+
 /// The process's stores: one directory, one store per partition under it.
 pub struct Stores {
     root: PathBuf,
@@ -100,7 +104,7 @@ pub struct Stores {
     capacity: usize,
     /// The writers of the stores open now, by partition (with the id of
     /// the tier that started each): where committed copies go.
-    feeds: Mutex<HashMap<i32, (u64, Sender<Vec<Committed>>)>>,
+    feeds: Mutex<HashMap<i32, Feed>>,
 }
 
 impl Stores {
@@ -283,7 +287,7 @@ pub struct OpenStore {
     closing: AtomicBool,
     /// The way to the writer for committed copies, until [`Stores::feed`]
     /// hands it to the sink's side (with the id of the tier).
-    feed: Mutex<Option<(u64, Sender<Vec<Committed>>)>>,
+    feed: Mutex<Option<Feed>>,
 }
 
 impl OpenStore {

@@ -148,7 +148,7 @@ impl Recovery {
         let mut backoff = RETRY_BACKOFF_MIN;
         while !stop() {
             let started = Instant::now();
-            let attempt = self.open_stores(partitions).and_then(|opened| {
+            let attempt = self.open_stores(partitions).map(|opened| {
                 let mut restorer = Restorer::new(&self.inventory, self.capacity, self.quota_of);
                 if let Some(stores) = &self.stores {
                     let opened = opened.clone();
@@ -161,7 +161,7 @@ impl Recovery {
                     restorer.ensure_book(*partition);
                 }
                 let read = self.read(partitions, &opened, &mut restorer, stop);
-                Ok((restorer, read, opened))
+                (restorer, read, opened)
             });
             let (restorer, read, opened) = match attempt {
                 Ok(attempt) => attempt,
@@ -224,7 +224,7 @@ impl Recovery {
     /// checkpoint, after the store's records were applied; else 0. A
     /// checkpoint past the partition's end (the topic was made again) or a
     /// store that cannot be read empties the store.
-    fn from_stores(
+    fn apply_stores(
         &self,
         partitions: &[i32],
         opened: &Stored,
@@ -285,7 +285,7 @@ impl Recovery {
     ) -> Result<(u64, u64), StartError> {
         // First the local stores (they hold one record per order, so the
         // restorer looks nothing up), then what came after them.
-        let (starts, local) = self.from_stores(partitions, opened, restorer)?;
+        let (starts, local) = self.apply_stores(partitions, opened, restorer)?;
         let mut read = 0;
         if self.statuses {
             read += self.read_statuses(partitions, restorer, stop)?;
