@@ -56,7 +56,8 @@ use std::time::{Duration, Instant, SystemTime};
 /// has been handed over, up to this many, per write batch (one fjall
 /// journal append).
 pub const WRITE_BATCH: usize = 256;
-/// The expiry each stored record carries: contract Part 2's default
+/// The expiry each stored record carries, counted from its changelog
+/// record's timestamp (the order's last change): contract Part 2's default
 /// `lifecycle.retention_days` (90). Retention passes over the store are
 /// not run yet.
 const RETENTION: Duration = Duration::from_secs(90 * 24 * 3600);
@@ -88,6 +89,10 @@ const SCRATCH: &str = "scratch-";
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Committed {
     pub offset: i64,
+    /// The record's timestamp (milliseconds since the epoch; the producer
+    /// sets it when the change is made): its retention counts from there,
+    /// however often the record is read and written again.
+    pub timestamp_ms: Option<i64>,
     pub key: Vec<u8>,
     pub value: Vec<u8>,
 }
@@ -377,14 +382,14 @@ impl OpenStore {
         if next <= held {
             return Ok(());
         }
-        let expires_at_ms = expiry_ms();
+        let now = now_ms();
         let puts: Vec<Put> = copies
             .iter()
             .filter(|copy| copy.offset >= held)
             .map(|copy| Put {
                 key: copy.key.clone(),
                 value: copy.value.clone(),
-                expires_at_ms,
+                expires_at_ms: expiry_ms(copy.timestamp_ms.unwrap_or(now)),
             })
             .collect();
         let checkpoint = Checkpoint {
@@ -415,7 +420,7 @@ impl OpenStore {
     }
 
     fn spill(&self, batch: &[(Arc<str>, Arc<OrderRecord>)]) -> Result<(), String> {
-        let expires_at_ms = expiry_ms();
+        let expires_at_ms = expiry_ms(now_ms());
         let puts: Vec<Put> = batch
             .iter()
             .map(|(order_id, record)| Put {
@@ -681,13 +686,18 @@ impl Drop for PartitionCold {
     }
 }
 
-/// When a record written now expires, in milliseconds since the epoch.
-fn expiry_ms() -> i64 {
-    let at = SystemTime::now() + RETENTION;
-    at.duration_since(SystemTime::UNIX_EPOCH)
-        .map_or(i64::MAX, |d| {
-            i64::try_from(d.as_millis()).unwrap_or(i64::MAX)
-        })
+/// Now, in milliseconds since the epoch.
+fn now_ms() -> i64 {
+    SystemTime::now()
+        .duration_since(SystemTime::UNIX_EPOCH)
+        .map_or(0, |d| i64::try_from(d.as_millis()).unwrap_or(i64::MAX))
+}
+
+/// When a record changed at `changed_ms` expires, in milliseconds since
+/// the epoch (saturating: a timestamp from outside is not trusted).
+fn expiry_ms(changed_ms: i64) -> i64 {
+    let retention = i64::try_from(RETENTION.as_millis()).unwrap_or(i64::MAX);
+    changed_ms.saturating_add(retention)
 }
 
 #[cfg(test)]
@@ -717,6 +727,7 @@ mod tests {
     fn copy(offset: i64, order_id: &str, record: &OrderRecord) -> Committed {
         Committed {
             offset,
+            timestamp_ms: None,
             key: order_id.as_bytes().to_vec(),
             value: state::encode_record(3, record),
         }
@@ -822,6 +833,7 @@ mod tests {
         let store = stores.open(1).unwrap();
         let garbage = Committed {
             offset: 0,
+            timestamp_ms: None,
             key: b"o-1".to_vec(),
             value: vec![0xff, 1, 2],
         };
@@ -837,6 +849,7 @@ mod tests {
         store.commit(&[copy(3, "o-2", &record(3))], 4).unwrap();
         let tombstone = Committed {
             offset: 4,
+            timestamp_ms: None,
             key: b"o-2".to_vec(),
             value: Vec::new(),
         };

@@ -263,6 +263,7 @@ impl Shared {
         }
         let copy = Committed {
             offset: message.offset(),
+            timestamp_ms: message.timestamp().to_millis(),
             key: message.key().map(<[u8]>::to_vec).unwrap_or_default(),
             value: message.payload().map(<[u8]>::to_vec).unwrap_or_default(),
         };
