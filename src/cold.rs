@@ -586,7 +586,15 @@ fn write_all(
                 Err(_) => break,
             },
             recv(feed) -> copies => match copies {
-                Ok(copies) => {
+                Ok(mut copies) => {
+                    // What else is waiting, in one batch (without
+                    // transactions copies come one by one).
+                    while copies.len() < WRITE_BATCH {
+                        match feed.try_recv() {
+                            Ok(more) => copies.extend(more),
+                            Err(_) => break,
+                        }
+                    }
                     guarded(store, || write_committed(store, &copies));
                     dirty = true;
                 }

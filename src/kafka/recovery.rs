@@ -255,6 +255,9 @@ impl Recovery {
                 starts.push((*partition, 0));
                 continue;
             }
+            // The scan holds the store; the books are empty before it, and
+            // what they adopt is the store's already, so nothing is handed
+            // to the store's writer meanwhile (see `OrderBook::adopt`).
             let scanned = store.scan(|order_id, entry| {
                 if entry.partition == *partition {
                     restorer.apply_stored(order_id, entry)
