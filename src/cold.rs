@@ -328,6 +328,32 @@ impl OpenStore {
             .map(|c| c.changelog_next)
     }
 
+    /// Makes the store `identity`'s (the cluster, changelog topic and
+    /// partition it copies): a store that was another's (a store directory
+    /// moved, a broker set up anew) is emptied first. Whether it was.
+    pub fn claim(&self, identity: &str) -> Result<bool, String> {
+        let known = {
+            let store = self.store.lock();
+            let Some(store) = store.as_ref() else {
+                return Ok(false);
+            };
+            store.identity().map_err(|e| e.to_string())?
+        };
+        let emptied = known.as_deref() != Some(identity.as_bytes()) && self.checkpoint().is_some();
+        if emptied {
+            self.reset()?;
+        }
+        if known.as_deref() != Some(identity.as_bytes()) {
+            let mut store = self.store.lock();
+            if let Some(store) = store.as_mut() {
+                store
+                    .set_identity(identity.as_bytes())
+                    .map_err(|e| e.to_string())?;
+            }
+        }
+        Ok(emptied)
+    }
+
     /// Empties the store (its checkpoint is ahead of the changelog).
     pub fn reset(&self) -> Result<(), String> {
         let mut store = self.store.lock();
@@ -863,6 +889,22 @@ mod tests {
         };
         store.commit(&[tombstone], 5).unwrap();
         assert_eq!((store.checkpoint(), store.len()), (Some(5), 0));
+    }
+
+    #[test]
+    fn a_store_of_another_cluster_or_topic_is_emptied_when_claimed() {
+        let base = tempfile::tempdir().unwrap();
+        let stores = Stores::new(base.path().to_str().unwrap(), "g.s", 10).unwrap();
+        let store = stores.open(0).unwrap();
+        assert!(
+            !store.claim("cluster-a/order-state/0").unwrap(),
+            "a new store"
+        );
+        store.commit(&[copy(0, "o-1", &record(0))], 1).unwrap();
+        assert!(!store.claim("cluster-a/order-state/0").unwrap(), "its own");
+        assert_eq!(store.checkpoint(), Some(1));
+        assert!(store.claim("cluster-b/order-state/0").unwrap(), "another's");
+        assert_eq!((store.checkpoint(), store.len()), (None, 0));
     }
 
     #[test]

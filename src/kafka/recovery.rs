@@ -232,11 +232,29 @@ impl Recovery {
     ) -> Result<(Vec<(i32, i64)>, u64), StartError> {
         let mut starts = Vec::with_capacity(partitions.len());
         let mut local = 0;
+        // A store copies one cluster's changelog partition: a store of
+        // another (its directory moved, the brokers set up anew) would
+        // answer for orders this one never saw.
+        let cluster = match opened.is_empty() {
+            true => String::new(),
+            false => self
+                .reader
+                .client()
+                .fetch_cluster_id(METADATA_TIMEOUT)
+                .unwrap_or_default(),
+        };
         for partition in partitions {
             let Some(store) = opened.get(partition) else {
                 starts.push((*partition, 0));
                 continue;
             };
+            let identity = format!("{cluster}/{}/{partition}", self.state_topic);
+            if store.claim(&identity).map_err(StartError::Store)? {
+                tracing::warn!(
+                    partition,
+                    "the order store copied another cluster's or topic's changelog: emptied"
+                );
+            }
             let Some(checkpoint) = store.checkpoint() else {
                 starts.push((*partition, 0));
                 continue;

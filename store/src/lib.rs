@@ -70,6 +70,7 @@ const WORKER_THREADS: usize = 1;
 pub const EXPIRE_BATCH: usize = 10_000;
 
 const CHECKPOINT_KEY: &[u8] = b"checkpoint";
+const IDENTITY_KEY: &[u8] = b"identity";
 const SPILLED: &str = "spilled";
 const EXPIRY_BYTES: usize = 8;
 
@@ -217,6 +218,20 @@ impl PartitionStore {
     /// The checkpoint of the last commit; `None` for a new store.
     pub fn checkpoint(&self) -> Option<Checkpoint> {
         self.checkpoint
+    }
+
+    /// What the store is a copy of, as [`PartitionStore::set_identity`]
+    /// last said (the processor's: cluster, changelog topic, partition).
+    pub fn identity(&self) -> Result<Option<Vec<u8>>, StoreError> {
+        let found = self.meta.get(IDENTITY_KEY).map_err(|e| self.fjall(e))?;
+        Ok(found.map(|bytes| bytes.to_vec()))
+    }
+
+    /// Records what the store is a copy of, durably.
+    pub fn set_identity(&mut self, identity: &[u8]) -> Result<(), StoreError> {
+        let mut batch = self.db.batch().durability(Some(PersistMode::SyncData));
+        batch.insert(&self.meta, IDENTITY_KEY, identity.to_vec());
+        batch.commit().map_err(|e| self.fjall(e))
     }
 
     /// False: `key` is in no record (no disk read). True: look it up.
