@@ -354,7 +354,8 @@ impl OpenStore {
         Ok(emptied)
     }
 
-    /// Empties the store (its checkpoint is ahead of the changelog).
+    /// Empties the store (it cannot vouch for the changelog it is asked
+    /// for: ahead of it, another's, or unreadable).
     pub fn reset(&self) -> Result<(), String> {
         let mut store = self.store.lock();
         drop(store.take());

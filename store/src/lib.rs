@@ -307,7 +307,7 @@ impl PartitionStore {
     /// [`PartitionStore::get_spilled`].
     pub fn spill(&mut self, puts: &[Put]) -> Result<(), StoreError> {
         let mut batch = self.db.batch().durability(None);
-        for put in puts {
+        for put in last_of_each_key(puts) {
             batch.insert(&self.spilled, put.key.as_slice(), stored(put));
         }
         batch.commit().map_err(|e| self.fjall(e))?;
@@ -324,7 +324,7 @@ impl PartitionStore {
         durability: Option<PersistMode>,
     ) -> Result<(), StoreError> {
         let mut batch = self.db.batch().durability(durability);
-        for put in puts {
+        for put in last_of_each_key(puts) {
             if put.value.is_empty() {
                 // A tombstone: its index entry, if any, is left to the
                 // retention pass that finds no record behind it.
@@ -412,6 +412,20 @@ impl PartitionStore {
     pub fn filter_bytes(&self) -> usize {
         self.bloom.bytes()
     }
+}
+
+/// The last write of each key in `puts`, in their order: the writes of one
+/// fjall batch share a sequence number, so which of two writes of a key
+/// would win is not left to fjall.
+fn last_of_each_key(puts: &[Put]) -> Vec<&Put> {
+    let mut seen = std::collections::HashSet::with_capacity(puts.len());
+    let mut last: Vec<&Put> = puts
+        .iter()
+        .rev()
+        .filter(|put| seen.insert(put.key.as_slice()))
+        .collect();
+    last.reverse();
+    last
 }
 
 /// A record as stored: its expiry, then its bytes.
