@@ -72,8 +72,12 @@ fn statuses(broker: &Broker) -> HashMap<String, Vec<String>> {
 }
 
 fn broker_with_stock() -> Broker {
+    broker_with_partitions(1)
+}
+
+fn broker_with_partitions(partitions: i32) -> Broker {
     let broker = Broker::start();
-    broker.create_contract_topics(1);
+    broker.create_contract_topics(partitions);
     broker.produce(
         "inventory",
         &inventory_records(&[
@@ -310,6 +314,79 @@ fn without_transactions_a_restart_after_sigkill_reads_the_statuses_then_the_stor
         read > KILL_ORDERS as u64,
         "{read} records read from Kafka: the statuses too"
     );
+}
+
+/// Waits until every one of `ids` has a status.
+fn wait_for_statuses(broker: &Broker, ids: &[String]) {
+    broker.read_until("order-status", TIMEOUT, |messages| {
+        let seen: std::collections::HashSet<String> = messages.iter().map(key_of).collect();
+        ids.iter().all(|id| seen.contains(id))
+    });
+}
+
+#[test]
+fn partitions_moving_between_two_processes_on_one_machine_and_back_decide_nothing_twice() {
+    // Two processes share the machine's store directory: a partition
+    // handed over opens the store its last owner closed (or, while that
+    // one still holds it, a scratch store), and comes back after a
+    // SIGKILL to the first process, from its store's checkpoint.
+    const BATCH: usize = 300;
+    let broker = broker_with_partitions(2);
+    let base = tempfile::tempdir().unwrap();
+    let (metrics_a, metrics_b) = (
+        format!("127.0.0.1:{}", free_port()),
+        format!("127.0.0.1:{}", free_port()),
+    );
+    let batch = |n: usize| -> Vec<String> { (0..BATCH).map(|i| format!("o-{n}-{i}")).collect() };
+    // Two instances of one sale: each partition sells its quota.
+    let instance = |metrics: &str| {
+        let window = format!("engine.dedup_window_orders={WINDOW}");
+        let store = format!("engine.store_dir={}", base.path().display());
+        let listen = format!("metrics.listen={metrics}");
+        spawn(
+            &broker,
+            &[
+                &window,
+                &store,
+                "metrics.enabled=true",
+                &listen,
+                "kafka.transactions=on",
+                "engine.stock_split=partition",
+            ],
+        )
+    };
+    let placed =
+        |ids: &[String]| -> Vec<_> { ids.iter().map(|id| record(id, order(id))).collect() };
+
+    let a = instance(&metrics_a);
+    let first = batch(1);
+    broker.produce("orders", &placed(&first));
+    wait_for_statuses(&broker, &first);
+
+    // B joins: one partition moves to it.
+    let b = instance(&metrics_b);
+    let local_b = restore_counter(&metrics_b, "orderflow_restore_records_local_total");
+    let second = batch(2);
+    let mut records = placed(&second);
+    records.extend(placed(&first)); // duplicates, on both owners
+    broker.produce("orders", &records);
+    wait_for_statuses(&broker, &second);
+
+    // B is killed: A takes its partition back, from the store B left.
+    drop(b);
+    let third = batch(3);
+    let mut records = placed(&third);
+    records.extend(placed(&first));
+    records.extend(placed(&second));
+    broker.produce("orders", &records);
+    wait_for_statuses(&broker, &third);
+    drop(a);
+
+    println!("B restored {local_b} orders from the machine's store when it joined");
+    let by_id = statuses(&broker);
+    for id in first.iter().chain(&second).chain(&third) {
+        assert_eq!(by_id[id], ["accepted"], "{id} decided once");
+    }
 }
 
 /// Orders of the changelog test's sale; each is placed, then cancelled:
