@@ -425,7 +425,9 @@ impl OpenStore {
         };
         store
             .commit_buffered(&puts, checkpoint)
-            .map_err(|e| e.to_string())
+            .map_err(|e| e.to_string())?;
+        crate::telemetry::store_records_written(puts.len());
+        Ok(())
     }
 
     /// Makes what was written durable.

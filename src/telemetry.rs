@@ -35,6 +35,7 @@ pub const RECORDS_REPLAYED_TOTAL: &str = "orderflow_records_replayed_total";
 pub const RECOVERED_ORDERS_TOTAL: &str = "orderflow_recovered_orders_total";
 pub const RESTORE_RECORDS_READ_TOTAL: &str = "orderflow_restore_records_read_total";
 pub const RESTORE_RECORDS_LOCAL_TOTAL: &str = "orderflow_restore_records_local_total";
+pub const STORE_RECORDS_WRITTEN_TOTAL: &str = "orderflow_store_records_written_total";
 pub const ORDER_LATENCY_SECONDS: &str = "orderflow_order_latency_seconds";
 pub const ORDER_LATENCY_OUT_OF_RANGE_TOTAL: &str = "orderflow_order_latency_out_of_range_total";
 pub const PROCESSING_SECONDS: &str = "orderflow_processing_seconds";
@@ -69,7 +70,7 @@ pub enum Kind {
 
 /// Every metric this process exports, with its kind. Dashboards, alert
 /// rules and their tests are checked against this list.
-pub const METRICS: [(&str, Kind); 31] = [
+pub const METRICS: [(&str, Kind); 32] = [
     (ORDERS_TOTAL, Kind::Counter),
     (ORDERS_REJECTED_TOTAL, Kind::Counter),
     (DLQ_RECORDS_TOTAL, Kind::Counter),
@@ -78,6 +79,7 @@ pub const METRICS: [(&str, Kind); 31] = [
     (RECOVERED_ORDERS_TOTAL, Kind::Counter),
     (RESTORE_RECORDS_READ_TOTAL, Kind::Counter),
     (RESTORE_RECORDS_LOCAL_TOTAL, Kind::Counter),
+    (STORE_RECORDS_WRITTEN_TOTAL, Kind::Counter),
     (ORDER_LATENCY_SECONDS, Kind::Histogram),
     (ORDER_LATENCY_OUT_OF_RANGE_TOTAL, Kind::Counter),
     (PROCESSING_SECONDS, Kind::Histogram),
@@ -338,6 +340,10 @@ pub fn describe() {
     describe_counter!(
         RESTORE_RECORDS_LOCAL_TOTAL,
         "Order records restores read from the partitions' local stores (engine.store_dir)."
+    );
+    describe_counter!(
+        STORE_RECORDS_WRITTEN_TOTAL,
+        "Committed changelog records the partitions' local stores wrote (engine.store_dir)."
     );
     describe_histogram!(
         ORDER_LATENCY_SECONDS,
@@ -794,6 +800,11 @@ impl Drop for ShardTelemetry {
 
 /// Partitions' state restored: the order records applied and the records
 /// read, counted and logged.
+/// Committed changelog records a partition's local store wrote.
+pub fn store_records_written(records: usize) {
+    counter!(STORE_RECORDS_WRITTEN_TOTAL).increment(records as u64);
+}
+
 /// A finished restore: records `applied`, `read` from Kafka and `local`
 /// from the partitions' stores.
 pub fn orders_recovered(

@@ -231,11 +231,16 @@ fn kill_and_restart(transactions: bool, between: impl FnOnce(&Path)) -> (u64, u6
     records.push(record("o-sentinel-1", order("o-sentinel-1")));
     broker.produce("orders", &records);
     wait_for_status(&broker, "o-sentinel-1");
-    // Each commit hands its copies to the store's writer before the next
-    // transaction begins: a status committed later means the sale's
-    // copies went to the writer a transaction (200 ms) before.
-    broker.produce("orders", &[record("o-sentinel-1b", order("o-sentinel-1b"))]);
-    wait_for_status(&broker, "o-sentinel-1b");
+    // The kill comes once the store's writer has written every copy (it
+    // writes them after their commit, on its own thread).
+    let copies = KILL_ORDERS as u64 + 1;
+    wait_for("the store to hold every copy", TIMEOUT, || {
+        let (_, body) = http_get(&metrics, "/metrics")?;
+        body.lines()
+            .find_map(|line| line.strip_prefix("orderflow_store_records_written_total "))
+            .and_then(|value| value.trim().parse::<f64>().ok())
+            .filter(|written| *written as u64 >= copies)
+    });
     drop(first); // SIGKILL
     between(base.path());
 
@@ -286,17 +291,10 @@ fn after_sigkill_with_the_stores_files_deleted_the_partition_is_restored_from_th
 #[test]
 fn after_sigkill_with_the_stores_files_kept_the_restore_starts_from_the_checkpoint() {
     let (read, local) = kill_and_restart(true, |_| {});
-    // The kill may come before the writer wrote the last commit's copies
-    // (the sentinel's): those few are read from the changelog after the
-    // checkpoint.
-    assert!(
-        local >= KILL_ORDERS as u64 * 9 / 10,
-        "{local} of {KILL_ORDERS} orders from the store"
-    );
-    assert!(
-        read < KILL_ORDERS as u64 / 10,
-        "{read} records read from Kafka: only the changelog after the checkpoint"
-    );
+    // Killed once the store held every copy: nothing is read from Kafka
+    // (a restore's count of 0 is its own: the counters appear together).
+    assert_eq!(local, KILL_ORDERS as u64 + 1, "every order from the store");
+    assert_eq!(read, 0, "nothing after the checkpoint to read from Kafka");
 }
 
 #[test]
@@ -306,10 +304,7 @@ fn without_transactions_a_restart_after_sigkill_reads_the_statuses_then_the_stor
     // restore reads the status topic whole, the store, and the changelog
     // after the checkpoint.
     let (read, local) = kill_and_restart(false, |_| {});
-    assert!(
-        local >= KILL_ORDERS as u64 * 9 / 10,
-        "{local} of {KILL_ORDERS} orders from the store"
-    );
+    assert_eq!(local, KILL_ORDERS as u64 + 1, "every order from the store");
     assert!(
         read > KILL_ORDERS as u64,
         "{read} records read from Kafka: the statuses too"

@@ -270,10 +270,11 @@ impl PartitionStore {
         Ok(())
     }
 
-    /// [`PartitionStore::commit`], atomic but not durable: a crash may
-    /// lose this batch and those after it, never part of one, and never
-    /// one without the batches before it (fjall's journal is replayed up
-    /// to its first incomplete batch). So the checkpoint that survives
+    /// [`PartitionStore::commit`] handed to the OS but not fsynced: it
+    /// survives the process's crash (kill -9), not the machine's. A power
+    /// loss may lose this batch and those after it, never part of one, and
+    /// never one without the batches before it (fjall's journal is replayed
+    /// up to its first incomplete batch), so the checkpoint that survives
     /// still vouches for what survives with it. [`PartitionStore::persist`]
     /// makes everything so far durable.
     pub fn commit_buffered(
@@ -281,7 +282,7 @@ impl PartitionStore {
         puts: &[Put],
         checkpoint: Checkpoint,
     ) -> Result<(), StoreError> {
-        self.put(puts, Some(checkpoint), None)?;
+        self.put(puts, Some(checkpoint), Some(PersistMode::Buffer))?;
         self.checkpoint = Some(checkpoint);
         Ok(())
     }
