@@ -127,10 +127,11 @@ fn run_until_stopped(
         .context("checking that every output fits the producer")?;
     // The partitions' local stores: restores start from them, and the
     // sink feeds them the committed copies of order records.
-    let stores = Stores::new(
+    let stores = Stores::with_retention(
         &config.engine.store_dir,
         &format!("{}.{}", config.kafka.group_id, config.topics.state),
         config.engine.dedup_window_orders,
+        config.lifecycle.retention(),
     );
     let state_feed = stores.clone().map(|stores| ChangelogFeed {
         topic: config.topics.state.clone(),
@@ -141,6 +142,15 @@ fn run_until_stopped(
         transaction::start_sink(&config, trackers.clone(), &shutdown, state_feed)
             .context("creating the producer")?;
     let transactional = transactions.is_some();
+    // Retention's tombstones and the retired units they move must commit
+    // together (see `worker::Shard::retire`).
+    let retention = transactional && stores.is_some();
+    if stores.is_some() && !transactional {
+        tracing::warn!(
+            "without Kafka transactions orders are not retired: lifecycle.retention_days does \
+             not apply, and the order stores keep every order"
+        );
+    }
     let inventory = Arc::new(Inventory::new());
     let feed = inventory_feed::start(
         &config,
@@ -176,6 +186,7 @@ fn run_until_stopped(
             topics: config.topics.clone(),
             routing,
             shutdown: shutdown.clone(),
+            retention,
         };
         queues.push(tx);
         let thread = std::thread::Builder::new().name(format!("shard-{id}"));

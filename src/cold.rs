@@ -42,11 +42,12 @@
 //! the processor before the outputs of the record that met it leave.
 
 use crate::engine::{ColdOrders, OrderRecord};
+use crate::lifecycle::Millis;
 use crate::state;
 use crossbeam_channel::{Receiver, Sender};
 use orderflow_store::{Checkpoint, Memory, PartitionStore, Put, StoreError};
 use parking_lot::Mutex;
-use std::collections::HashMap;
+use std::collections::{HashMap, HashSet};
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Weak};
@@ -56,11 +57,10 @@ use std::time::{Duration, Instant, SystemTime};
 /// has been handed over, up to this many, per write batch (one fjall
 /// journal append).
 pub const WRITE_BATCH: usize = 256;
-/// The expiry each stored record carries, counted from its changelog
-/// record's timestamp (the order's last change): contract Part 2's default
-/// `lifecycle.retention_days` (90). Retention passes over the store are
-/// not run yet.
-const RETENTION: Duration = Duration::from_secs(90 * 24 * 3600);
+/// The retention of [`Stores::new`]'s stores: contract Part 2's default
+/// `lifecycle.retention_days` (90). Each stored record's expiry counts
+/// from its changelog record's timestamp (the order's last change).
+pub const DEFAULT_RETENTION: Duration = Duration::from_secs(90 * 24 * 3600);
 /// The least first layer of a store's Bloom filter, in orders.
 const MIN_EXPECTED_ORDERS: usize = 1 << 14;
 /// fjall's memory per store: what a book reads back is rare (duplicates,
@@ -97,6 +97,15 @@ pub struct Committed {
     pub value: Vec<u8>,
 }
 
+/// A record a store keeps, as [`OpenStore::scan`] reads it.
+#[derive(Debug)]
+pub enum Kept<'a> {
+    /// An order's record.
+    Order(&'a str, state::ChangelogEntry),
+    /// The units of a SKU its partition's retired orders hold.
+    Retired(&'a str, state::RetiredUnits),
+}
+
 /// The way to a store's writer for committed copies, with the id of the
 /// tier that started the writer.
 type Feed = (u64, Sender<Vec<Committed>>);
@@ -107,6 +116,8 @@ pub struct Stores {
     next: AtomicU64,
     /// Orders in memory per book: sizes each store's filter.
     capacity: usize,
+    /// How long a record is kept after its order's last change.
+    retention_ms: i64,
     /// The writers of the stores open now, by partition (with the id of
     /// the tier that started each): where committed copies go.
     feeds: Mutex<HashMap<i32, Feed>>,
@@ -118,6 +129,17 @@ impl Stores {
     /// group and changelog topic) names their directory, so processes of
     /// other groups on the machine never share one.
     pub fn new(store_dir: &str, namespace: &str, capacity: usize) -> Option<Arc<Stores>> {
+        Stores::with_retention(store_dir, namespace, capacity, DEFAULT_RETENTION)
+    }
+
+    /// [`Stores::new`] whose records expire `retention` after their
+    /// order's last change (`lifecycle.retention_days`).
+    pub fn with_retention(
+        store_dir: &str,
+        namespace: &str,
+        capacity: usize,
+        retention: Duration,
+    ) -> Option<Arc<Stores>> {
         let base = match store_dir {
             OFF => return None,
             "" => std::env::temp_dir().join("orderflow-stores"),
@@ -136,6 +158,7 @@ impl Stores {
             root,
             next: AtomicU64::new(0),
             capacity: capacity.max(MIN_EXPECTED_ORDERS),
+            retention_ms: i64::try_from(retention.as_millis()).unwrap_or(i64::MAX),
             feeds: Mutex::new(HashMap::new()),
         }))
     }
@@ -186,8 +209,10 @@ impl Stores {
             dir,
             partition,
             scratch,
+            retention_ms: self.retention_ms,
             store: Mutex::new(Some(store)),
             unwritten: Mutex::new(HashMap::new()),
+            gone: Mutex::new(HashSet::new()),
             failure: Mutex::new(None),
             closing: AtomicBool::new(false),
             feed: Mutex::new(None),
@@ -283,10 +308,15 @@ pub struct OpenStore {
     partition: i32,
     /// Deleted when closed (another process has the partition's own).
     scratch: bool,
+    /// How long a record is kept after its order's last change.
+    retention_ms: i64,
     /// `None` once closed, or when it could not be opened.
     store: Mutex<Option<PartitionStore>>,
     /// Orders handed to the writer to spill and not yet written.
     unwritten: Mutex<HashMap<Arc<str>, Arc<OrderRecord>>>,
+    /// Orders retired whose tombstones are not written yet: recalled no
+    /// more.
+    gone: Mutex<HashSet<Vec<u8>>>,
     failure: Mutex<Option<String>>,
     /// Set when the book is dropped: spills left are not written.
     closing: AtomicBool,
@@ -301,8 +331,10 @@ impl OpenStore {
             dir,
             partition,
             scratch: false,
+            retention_ms: 0,
             store: Mutex::new(None),
             unwritten: Mutex::new(HashMap::new()),
+            gone: Mutex::new(HashSet::new()),
             failure: Mutex::new(Some(error)),
             closing: AtomicBool::new(false),
             feed: Mutex::new(None),
@@ -371,27 +403,35 @@ impl OpenStore {
     /// Every record, decoded, to `apply` (in key order); the count. A
     /// record that does not decode is an error: the store is then emptied
     /// by the caller and the changelog read whole.
-    pub fn scan(&self, mut apply: impl FnMut(&str, state::ChangelogEntry)) -> Result<u64, String> {
+    pub fn scan(&self, mut apply: impl FnMut(Kept<'_>)) -> Result<u64, String> {
         let store = self.store.lock();
         let Some(store) = store.as_ref() else {
             return Ok(0);
         };
+        let unreadable = |e: &dyn std::fmt::Display| {
+            format!(
+                "a record in the order store {} does not decode: {e}",
+                self.dir.display()
+            )
+        };
         let mut read = 0;
         for record in store.records() {
             let (key, value) = record.map_err(|e| e.to_string())?;
+            if let Some(sku) = state::retired_sku(&key) {
+                let sku = sku.map_err(|e| unreadable(&e))?;
+                let retired = state::decode_retired(&value).map_err(|e| unreadable(&e))?;
+                apply(Kept::Retired(sku, retired));
+                read += 1;
+                continue;
+            }
             let order_id = std::str::from_utf8(&key).map_err(|_| {
                 format!(
                     "a key in the order store {} is not UTF-8",
                     self.dir.display()
                 )
             })?;
-            let entry = state::decode(&value).map_err(|e| {
-                format!(
-                    "a record in the order store {} does not decode: {e}",
-                    self.dir.display()
-                )
-            })?;
-            apply(order_id, entry);
+            let entry = state::decode(&value).map_err(|e| unreadable(&e))?;
+            apply(Kept::Order(order_id, entry));
             read += 1;
         }
         Ok(read)
@@ -416,7 +456,11 @@ impl OpenStore {
             .map(|copy| Put {
                 key: copy.key.clone(),
                 value: copy.value.clone(),
-                expires_at_ms: expiry_ms(copy.timestamp_ms.unwrap_or(now)),
+                // A partition's retired units are kept for good.
+                expires_at_ms: match state::retired_sku(&copy.key) {
+                    Some(_) => i64::MAX,
+                    None => self.expiry_ms(copy.timestamp_ms.unwrap_or(now)),
+                },
             })
             .collect();
         let checkpoint = Checkpoint {
@@ -427,6 +471,12 @@ impl OpenStore {
             .commit_buffered(&puts, checkpoint)
             .map_err(|e| e.to_string())?;
         crate::telemetry::store_records_written(puts.len());
+        let mut gone = self.gone.lock();
+        if !gone.is_empty() {
+            for put in puts.iter().filter(|put| put.value.is_empty()) {
+                gone.remove(&put.key);
+            }
+        }
         Ok(())
     }
 
@@ -449,7 +499,7 @@ impl OpenStore {
     }
 
     fn spill(&self, batch: &[(Arc<str>, Arc<OrderRecord>)]) -> Result<(), String> {
-        let expires_at_ms = expiry_ms(now_ms());
+        let expires_at_ms = self.expiry_ms(now_ms());
         let puts: Vec<Put> = batch
             .iter()
             .map(|(order_id, record)| Put {
@@ -477,9 +527,51 @@ impl OpenStore {
         }
     }
 
+    /// When a record changed at `changed_ms` expires, in milliseconds since
+    /// the epoch (saturating: a timestamp from outside is not trusted).
+    fn expiry_ms(&self, changed_ms: i64) -> i64 {
+        changed_ms.saturating_add(self.retention_ms)
+    }
+
+    /// Committed records due by `now_ms`, from the index entry after
+    /// `after`: their order IDs and versions, and where the walk stopped
+    /// if it walked `limit` entries. Index entries found stale are removed.
+    fn due(
+        &self,
+        now_ms: i64,
+        after: Option<&[u8]>,
+        limit: usize,
+    ) -> Result<(Vec<(String, u64)>, Option<Vec<u8>>), String> {
+        let mut store = self.store.lock();
+        let Some(store) = store.as_mut() else {
+            return Ok((Vec::new(), None));
+        };
+        let due = store.due(now_ms, after, limit).map_err(|e| e.to_string())?;
+        store.prune(&due.stale).map_err(|e| e.to_string())?;
+        let mut orders = Vec::with_capacity(due.records.len());
+        for (key, value) in due.records {
+            // Only orders expire (retired units are kept for good).
+            let Ok(order_id) = String::from_utf8(key) else {
+                continue;
+            };
+            let entry = state::decode(&value).map_err(|e| {
+                format!(
+                    "a record in the order store {} does not decode: {e}",
+                    self.dir.display()
+                )
+            })?;
+            orders.push((order_id, entry.record.version));
+        }
+        let next = (due.walked >= limit).then_some(due.last).flatten();
+        Ok((orders, next))
+    }
+
     /// `order_id`'s newest record on disk: spilled since this open, or
     /// committed.
     fn recall(&self, order_id: &str) -> Option<OrderRecord> {
+        if self.gone.lock().contains(order_id.as_bytes()) {
+            return None;
+        }
         let found = {
             let store = self.store.lock();
             let store = store.as_ref()?;
@@ -530,6 +622,8 @@ struct PartitionCold {
     id: u64,
     to_writer: Option<Sender<(Arc<str>, Arc<OrderRecord>)>>,
     writer: Option<std::thread::JoinHandle<()>>,
+    /// Where the retention walk goes on (`None`: from the oldest).
+    cursor: Option<Vec<u8>>,
 }
 
 /// Orders handed over and not yet taken by the writer, at most: past it
@@ -545,6 +639,7 @@ impl PartitionCold {
             id: 0,
             to_writer: None,
             writer: None,
+            cursor: None,
         }
     }
 
@@ -567,6 +662,7 @@ impl PartitionCold {
                 id,
                 to_writer: Some(to_writer),
                 writer: Some(writer),
+                cursor: None,
             },
             Err(error) => {
                 store.fail(format!("starting the order store's writer thread: {error}"));
@@ -576,6 +672,7 @@ impl PartitionCold {
                     id,
                     to_writer: None,
                     writer: None,
+                    cursor: None,
                 }
             }
         }
@@ -703,6 +800,24 @@ impl ColdOrders for PartitionCold {
     fn failure(&self) -> Option<String> {
         self.store.failure.lock().clone()
     }
+
+    fn expired(&mut self, now: Millis, limit: usize) -> Vec<(String, u64)> {
+        match self.store.due(now.0, self.cursor.as_deref(), limit) {
+            Ok((due, next)) => {
+                self.cursor = next;
+                due
+            }
+            Err(error) => {
+                self.store.fail(error);
+                Vec::new()
+            }
+        }
+    }
+
+    fn forget(&mut self, order_id: &str) {
+        self.store.unwritten.lock().remove(order_id);
+        self.store.gone.lock().insert(order_id.as_bytes().to_vec());
+    }
 }
 
 impl Drop for PartitionCold {
@@ -728,13 +843,6 @@ fn now_ms() -> i64 {
     SystemTime::now()
         .duration_since(SystemTime::UNIX_EPOCH)
         .map_or(0, |d| i64::try_from(d.as_millis()).unwrap_or(i64::MAX))
-}
-
-/// When a record changed at `changed_ms` expires, in milliseconds since
-/// the epoch (saturating: a timestamp from outside is not trusted).
-fn expiry_ms(changed_ms: i64) -> i64 {
-    let retention = i64::try_from(RETENTION.as_millis()).unwrap_or(i64::MAX);
-    changed_ms.saturating_add(retention)
 }
 
 #[cfg(test)]
@@ -831,7 +939,11 @@ mod tests {
         );
         let mut seen = Vec::new();
         store
-            .scan(|id, entry| seen.push((id.to_string(), entry.record.offset)))
+            .scan(|kept| {
+                if let Kept::Order(id, entry) = kept {
+                    seen.push((id.to_string(), entry.record.offset));
+                }
+            })
             .unwrap();
         assert_eq!(seen, [("o-a".to_string(), 9), ("o-b".to_string(), 5)]);
         // Copies before the checkpoint are held already: not written again.
@@ -875,7 +987,7 @@ mod tests {
             value: vec![0xff, 1, 2],
         };
         store.commit(&[garbage], 1).unwrap();
-        let error = store.scan(|_, _| {}).unwrap_err();
+        let error = store.scan(|_| {}).unwrap_err();
         assert!(
             error.contains("does not decode") && error.contains("p1"),
             "{error}"

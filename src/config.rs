@@ -68,6 +68,13 @@ pub const INTEGER_RANGES: [(&str, i64, i64); 19] = [
     ("payments.max_attempts", 1, 100),
 ];
 
+/// The range of every float setting, inclusive: `(key, min, max)`. An
+/// integer is read as the float it names.
+pub const FLOAT_RANGES: [(&str, f64, f64); 1] = [
+    // From under a second (for tests) to a hundred years.
+    ("lifecycle.retention_days", 0.00001, 36_500.0),
+];
+
 /// Settings that take one of a few names, each checked by deserializing
 /// the value alone into its enum, whose variants are the choices.
 const CHOICES: [(&str, CheckChoice); 6] = [
@@ -168,6 +175,24 @@ pub struct PaymentsConfig {
     pub max_attempts: u32,
 }
 
+/// `[lifecycle]`: how long an order's state is kept.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct LifecycleConfig {
+    /// Days an order's state is kept after its last change (with the
+    /// order stores and transactions; docs/architecture.md).
+    pub retention_days: f64,
+}
+
+impl LifecycleConfig {
+    /// [`LifecycleConfig::retention_days`] as a duration (the range check
+    /// keeps it positive and finite).
+    pub fn retention(&self) -> std::time::Duration {
+        std::time::Duration::try_from_secs_f64(self.retention_days * 86_400.0)
+            .unwrap_or(std::time::Duration::MAX)
+    }
+}
+
 impl PaymentsConfig {
     /// The lifecycle's retry policy.
     pub fn policy(&self) -> crate::lifecycle::Policy {
@@ -229,6 +254,7 @@ pub struct Config {
     pub engine: EngineConfig,
     pub limits: Limits,
     pub payments: PaymentsConfig,
+    pub lifecycle: LifecycleConfig,
     pub metrics: MetricsConfig,
     pub log: LogConfig,
 }
@@ -586,6 +612,16 @@ fn check_key(key: &str) -> Result<(), &'static str> {
 /// range or choices, or for lists, strings only (every list setting is a
 /// list of names).
 fn check_leaf(key: &str, value: &Value, expected: &Value) -> Result<(), String> {
+    if let (Some(range), Some(n)) = (
+        FLOAT_RANGES.iter().find(|(k, _, _)| *k == key),
+        value.as_float().or(value.as_integer().map(|n| n as f64)),
+    ) {
+        let (_, min, max) = range;
+        if !(*min..=*max).contains(&n) {
+            return Err(format!("must be {min} to {max}, found {n}"));
+        }
+        return Ok(());
+    }
     if expected.type_str() != value.type_str() {
         return Err(format!(
             "expected {}, found {}",
@@ -884,6 +920,34 @@ mod tests {
         assert_eq!(config.topics.status, "order-status");
         assert_eq!(config.metrics.listen, "127.0.0.1:9898");
         assert_eq!(config.limits, Limits::default());
+    }
+
+    #[test]
+    fn retention_takes_whole_and_fractional_days_within_its_range() {
+        let retention = |text: &str| {
+            let mut layers = Layers::defaults();
+            layers.flag(&format!("lifecycle.retention_days={text}"));
+            layers.build().map(|config| config.lifecycle.retention())
+        };
+        assert_eq!(
+            Config::defaults().lifecycle.retention(),
+            std::time::Duration::from_secs(90 * 86_400)
+        );
+        assert_eq!(
+            retention("2").unwrap(),
+            std::time::Duration::from_secs(2 * 86_400)
+        );
+        assert_eq!(
+            retention("0.0001").unwrap(),
+            std::time::Duration::from_secs_f64(8.64)
+        );
+        for bad in ["0", "-1", "40000"] {
+            let errors = retention(bad).unwrap_err().to_string();
+            assert!(
+                errors.contains("lifecycle.retention_days") && errors.contains("must be"),
+                "{bad}: {errors}"
+            );
+        }
     }
 
     #[test]

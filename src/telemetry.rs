@@ -36,6 +36,7 @@ pub const RECOVERED_ORDERS_TOTAL: &str = "orderflow_recovered_orders_total";
 pub const RESTORE_RECORDS_READ_TOTAL: &str = "orderflow_restore_records_read_total";
 pub const RESTORE_RECORDS_LOCAL_TOTAL: &str = "orderflow_restore_records_local_total";
 pub const STORE_RECORDS_WRITTEN_TOTAL: &str = "orderflow_store_records_written_total";
+pub const ORDERS_RETIRED_TOTAL: &str = "orderflow_orders_retired_total";
 pub const ORDER_LATENCY_SECONDS: &str = "orderflow_order_latency_seconds";
 pub const ORDER_LATENCY_OUT_OF_RANGE_TOTAL: &str = "orderflow_order_latency_out_of_range_total";
 pub const PROCESSING_SECONDS: &str = "orderflow_processing_seconds";
@@ -70,7 +71,7 @@ pub enum Kind {
 
 /// Every metric this process exports, with its kind. Dashboards, alert
 /// rules and their tests are checked against this list.
-pub const METRICS: [(&str, Kind); 32] = [
+pub const METRICS: [(&str, Kind); 33] = [
     (ORDERS_TOTAL, Kind::Counter),
     (ORDERS_REJECTED_TOTAL, Kind::Counter),
     (DLQ_RECORDS_TOTAL, Kind::Counter),
@@ -80,6 +81,7 @@ pub const METRICS: [(&str, Kind); 32] = [
     (RESTORE_RECORDS_READ_TOTAL, Kind::Counter),
     (RESTORE_RECORDS_LOCAL_TOTAL, Kind::Counter),
     (STORE_RECORDS_WRITTEN_TOTAL, Kind::Counter),
+    (ORDERS_RETIRED_TOTAL, Kind::Counter),
     (ORDER_LATENCY_SECONDS, Kind::Histogram),
     (ORDER_LATENCY_OUT_OF_RANGE_TOTAL, Kind::Counter),
     (PROCESSING_SECONDS, Kind::Histogram),
@@ -344,6 +346,10 @@ pub fn describe() {
     describe_counter!(
         STORE_RECORDS_WRITTEN_TOTAL,
         "Committed changelog records the partitions' local stores wrote (engine.store_dir)."
+    );
+    describe_counter!(
+        ORDERS_RETIRED_TOTAL,
+        "Orders retention removed, their lifecycle.retention_days over (tombstones sent)."
     );
     describe_histogram!(
         ORDER_LATENCY_SECONDS,
@@ -803,6 +809,11 @@ impl Drop for ShardTelemetry {
 /// Committed changelog records a partition's local store wrote.
 pub fn store_records_written(records: usize) {
     counter!(STORE_RECORDS_WRITTEN_TOTAL).increment(records as u64);
+}
+
+/// Orders a retention pass retired (their tombstones sent).
+pub fn orders_retired(orders: usize) {
+    counter!(ORDERS_RETIRED_TOTAL).increment(orders as u64);
 }
 
 /// A finished restore: records `applied`, `read` from Kafka and `local`

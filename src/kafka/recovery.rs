@@ -31,7 +31,7 @@
 use super::catch_up::{partitions_of, read_from, read_to_end};
 use super::tracker::OffsetTracker;
 use super::{Reader, ReaderContext, StartError, METADATA_TIMEOUT};
-use crate::cold::{Committed, OpenStore, Stores, WRITE_BATCH};
+use crate::cold::{Committed, Kept, OpenStore, Stores, WRITE_BATCH};
 use crate::config::Config;
 use crate::engine::{self, OrderBook};
 use crate::inventory::Inventory;
@@ -276,10 +276,14 @@ impl Recovery {
             // The scan holds the store; the books are empty before it, and
             // what they adopt is the store's already, so nothing is handed
             // to the store's writer meanwhile (see `OrderBook::adopt`).
-            let scanned = store.scan(|order_id, entry| {
-                if entry.partition == *partition {
+            let scanned = store.scan(|kept| match kept {
+                Kept::Order(order_id, entry) if entry.partition == *partition => {
                     restorer.apply_stored(order_id, entry)
                 }
+                Kept::Retired(sku, retired) if retired.partition == *partition => {
+                    restorer.apply_retired(sku, retired)
+                }
+                _ => {}
             });
             match scanned {
                 Ok(scanned) => {
@@ -322,28 +326,23 @@ impl Recovery {
         let (state_read, ends) =
             read_from(&self.reader, &self.state_topic, &starts, stop, |message| {
                 let partition = message.partition();
-                let order_id = message.key().and_then(|k| std::str::from_utf8(k).ok());
-                let entry = message.payload().map(state::decode);
-                // What the partition's store keeps of it: the record, or
-                // for a tombstone its removal; nothing it cannot read.
-                let keep = match (order_id, &entry) {
-                    (Some(_), Some(Ok(entry))) if entry.partition == partition => {
-                        Some(Some(entry.record.version))
+                let keep = apply_state_record(
+                    restorer,
+                    partitions,
+                    partition,
+                    message.key(),
+                    message.payload(),
+                );
+                let version = match keep {
+                    Keep::Order(version) => Some(version),
+                    Keep::Other => None,
+                    Keep::Nothing => return,
+                    Keep::Unreadable => {
+                        unreadable += 1;
+                        return;
                     }
-                    (Some(_), None) => Some(None),
-                    _ => None,
                 };
-                match (order_id, entry) {
-                    (Some(order_id), Some(Ok(entry))) if partitions.contains(&entry.partition) => {
-                        restorer.apply(order_id, entry)
-                    }
-                    (Some(_), Some(Ok(_))) => {}
-                    // A tombstone (compaction) or a record this version
-                    // cannot read.
-                    (_, None) => {}
-                    _ => unreadable += 1,
-                }
-                let (Some(store), Some(version)) = (opened.get(&partition), keep) else {
+                let Some(store) = opened.get(&partition) else {
                     return;
                 };
                 let batch = pending.entry(partition).or_default();
@@ -430,6 +429,68 @@ impl Recovery {
             );
         }
         Ok(read)
+    }
+}
+
+/// What a partition's store keeps of a record of its changelog.
+enum Keep {
+    /// An order's record, at this version.
+    Order(u64),
+    /// A record that is no order's: a tombstone, a SKU's retired units.
+    Other,
+    /// Nothing: another partition's record.
+    Nothing,
+    /// Nothing: a record this version cannot read.
+    Unreadable,
+}
+
+/// Applies one record of the state topic's `partition` (if it is one of
+/// `partitions`): an order's record, its tombstone (retention retired it),
+/// or a SKU's retired units.
+fn apply_state_record(
+    restorer: &mut Restorer<'_>,
+    partitions: &[i32],
+    partition: i32,
+    key: Option<&[u8]>,
+    payload: Option<&[u8]>,
+) -> Keep {
+    let Some(key) = key else {
+        return Keep::Unreadable;
+    };
+    let ours = partitions.contains(&partition);
+    if let Some(sku) = state::retired_sku(key) {
+        let retired = payload.map(state::decode_retired);
+        let (Ok(sku), Some(Ok(retired))) = (sku, retired) else {
+            return Keep::Unreadable;
+        };
+        if retired.partition != partition {
+            return Keep::Nothing;
+        }
+        if ours {
+            restorer.apply_retired(sku, retired);
+        }
+        return Keep::Other;
+    }
+    let Ok(order_id) = std::str::from_utf8(key) else {
+        return Keep::Unreadable;
+    };
+    let Some(payload) = payload else {
+        if ours {
+            restorer.apply_tombstone(partition, order_id);
+        }
+        return Keep::Other;
+    };
+    let Ok(entry) = state::decode(payload) else {
+        return Keep::Unreadable;
+    };
+    let version = entry.record.version;
+    let same = entry.partition == partition;
+    if partitions.contains(&entry.partition) {
+        restorer.apply(order_id, entry);
+    }
+    match same {
+        true => Keep::Order(version),
+        false => Keep::Nothing,
     }
 }
 

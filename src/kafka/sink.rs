@@ -554,6 +554,19 @@ impl Sink {
         }
     }
 
+    /// Sends `records` in one hold of the open transaction (where there
+    /// are transactions): all of them commit together or none (a
+    /// retention pass's tombstones and the retired units they move).
+    pub fn send_together(&self, records: Vec<Outgoing>, token: usize) {
+        let queued: Option<Vec<Queued>> = records
+            .into_iter()
+            .map(|record| self.sized(record, token, Vec::new()))
+            .collect();
+        if let Some(queued) = queued {
+            send_all_until_queued(&self.producer, &self.shared, queued);
+        }
+    }
+
     /// Like [`Sink::send_then`], but if every output of the record at
     /// offset `earlier` of the same partition is not acknowledged yet, the
     /// record is held and sent once they are (an order's cancellation
@@ -748,10 +761,10 @@ fn send_until_queued(producer: &ThreadedProducer<SinkContext>, shared: &Shared, 
 
 /// Enqueues every record of `all` in one open transaction (where there
 /// are transactions): a commit cannot run between them.
-fn send_all_until_queued<const N: usize>(
+fn send_all_until_queued(
     producer: &ThreadedProducer<SinkContext>,
     shared: &Shared,
-    all: [Queued; N],
+    all: impl IntoIterator<Item = Queued>,
 ) {
     // Held until the records are queued, so a commit cannot run in between.
     let _open = match shared.gate.as_deref() {
@@ -762,7 +775,7 @@ fn send_all_until_queued<const N: usize>(
                 // The transaction was aborted (the processor is stopping)
                 // or committed for the last time: these records belong to
                 // no transaction, and their source record stays uncommitted.
-                tracing::debug!(records = N, "not sent: no open transaction");
+                tracing::debug!("not sent: no open transaction");
                 return;
             }
         },

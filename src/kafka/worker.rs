@@ -25,6 +25,12 @@ const DEPTH_REPORT_INTERVAL: Duration = Duration::from_millis(500);
 /// retries, result timeouts): the lateness a timer may have on top of its
 /// due time, small next to the shortest backoff a sale would set.
 const TICK_INTERVAL: Duration = Duration::from_millis(50);
+/// How often a shard retires its orders whose retention is over.
+const RETENTION_PASS_INTERVAL: Duration = Duration::from_secs(1);
+/// Stored orders one retention pass looks at per partition, at most: a
+/// sale's orders expire together, 90 days on; retiring them is spread over
+/// passes (500 a second per partition), each one hold of the transaction.
+pub const RETIRE_BATCH: usize = 500;
 
 /// What the consumer hands a shard, in the order it must be done.
 #[derive(Debug)]
@@ -52,6 +58,9 @@ pub struct Shard {
     pub routing: Routing,
     /// Failed when a record arrives that this shard cannot decide safely.
     pub shutdown: Shutdown,
+    /// Whether orders past `lifecycle.retention_days` are retired (with
+    /// order stores and transactions: see `retire`).
+    pub retention: bool,
 }
 
 impl Shard {
@@ -61,6 +70,7 @@ impl Shard {
         let mut outputs = Vec::new();
         let mut last_depth_report = quanta::Instant::now();
         let mut last_tick = quanta::Instant::now();
+        let mut last_retention = quanta::Instant::now();
         let mut metrics = telemetry::ShardTelemetry::new();
         telemetry::shard_queue_depth(self.id, 0);
         loop {
@@ -70,6 +80,12 @@ impl Shard {
             if now.duration_since(last_tick) >= TICK_INTERVAL {
                 self.tick(&mut books, &mut outputs, &mut metrics);
                 last_tick = now;
+            }
+            if self.retention && now.duration_since(last_retention) >= RETENTION_PASS_INTERVAL {
+                if !self.retire(&mut books) {
+                    break;
+                }
+                last_retention = now;
             }
             let record = match queue.recv_timeout(TICK_INTERVAL) {
                 Ok(Work::Record(record)) => record,
@@ -195,6 +211,52 @@ impl Shard {
                 self.send_untracked(*partition, outputs);
             }
         }
+    }
+
+    /// Retires the orders of every book whose retention is over: each
+    /// partition's tombstones and the retired units they move go to the
+    /// state topic in one hold of the open transaction, so a restore sees
+    /// both or neither (without transactions a crash could fall between
+    /// them, which is why retention runs only with them). Lost in a crash
+    /// or an abort, they are made again: the stores keep the orders until
+    /// their tombstones commit. False when the processor must stop.
+    fn retire(&self, books: &mut HashMap<i32, OrderBook>) -> bool {
+        let now = crate::lifecycle::Millis::from_datetime(OffsetDateTime::now_utc());
+        for (partition, book) in books.iter_mut() {
+            let retired = engine::retention::retire(book, now, RETIRE_BATCH);
+            if let Some(failure) = book.cold_failure() {
+                self.shutdown.fail(Fatal::OrderStore {
+                    partition: *partition,
+                    error: failure,
+                });
+                return false;
+            }
+            if retired.is_empty() {
+                continue;
+            }
+            telemetry::orders_retired(retired.orders.len());
+            let state_record = |key: Vec<u8>, payload: Option<Vec<u8>>| Outgoing {
+                topic: self.topics.state.clone(),
+                partition: Some(*partition),
+                key: Some(key),
+                payload,
+                headers: None,
+            };
+            let units = retired.units.into_iter().map(|(sku, units)| {
+                let total = state::RetiredUnits {
+                    partition: *partition,
+                    units,
+                };
+                state_record(state::retired_key(&sku), Some(state::encode_retired(total)))
+            });
+            let tombstones = retired
+                .orders
+                .into_iter()
+                .map(|order_id| state_record(order_id.into_bytes(), None));
+            self.sink
+                .send_together(units.chain(tombstones).collect(), token::UNTRACKED);
+        }
+        true
     }
 
     /// Sends outputs no consumed record caused (the clock's, a restore's
@@ -628,6 +690,7 @@ mod tests {
             topics: topics(),
             routing: Routing::OFF,
             shutdown: shutdown.clone(),
+            retention: false,
         };
         let (queue, work) = crossbeam_channel::unbounded();
         queue.send(Work::Record(record(0, 5))).unwrap();

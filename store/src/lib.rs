@@ -133,6 +133,19 @@ pub struct Expired {
     pub more: bool,
 }
 
+/// What [`PartitionStore::due`] found.
+#[derive(Debug, Default, PartialEq, Eq)]
+pub struct Due {
+    /// Key and record bytes of each record due.
+    pub records: Vec<(Vec<u8>, Vec<u8>)>,
+    /// Index entries walked that no longer name a record's expiry.
+    pub stale: Vec<Vec<u8>>,
+    /// Index entries walked; `limit` of them: more may be due after `last`.
+    pub walked: usize,
+    /// The last index entry walked: where the next walk goes on.
+    pub last: Option<Vec<u8>>,
+}
+
 pub struct PartitionStore {
     path: PathBuf,
     db: Database,
@@ -328,8 +341,10 @@ impl PartitionStore {
         for put in last_of_each_key(puts) {
             if put.value.is_empty() {
                 // A tombstone: its index entry, if any, is left to the
-                // retention pass that finds no record behind it.
+                // retention pass that finds no record behind it; a copy
+                // spilled before goes too (the key is gone).
                 batch.remove(&self.orders, put.key.as_slice());
+                batch.remove(&self.spilled, put.key.as_slice());
                 continue;
             }
             batch.insert(&self.orders, put.key.as_slice(), stored(put));
@@ -382,6 +397,60 @@ impl PartitionStore {
             batch.commit().map_err(|e| self.fjall(e))?;
         }
         Ok(expired)
+    }
+
+    /// The records whose expiry is before `now_ms`, oldest first, from the
+    /// index entry after `after` on (`None`: the oldest), walking at most
+    /// `limit` index entries; removes nothing: the processor retires them
+    /// through the changelog (a tombstone each), whose committed copies
+    /// then remove them here. Index entries with no record behind them, or
+    /// a record whose expiry moved on, are [`Due::stale`].
+    pub fn due(&self, now_ms: i64, after: Option<&[u8]>, limit: usize) -> Result<Due, StoreError> {
+        use std::ops::Bound;
+        let mut due = Due::default();
+        let cut = expiry_key(now_ms, &[]);
+        let from = match after {
+            Some(after) => Bound::Excluded(after.to_vec()),
+            None => Bound::Unbounded,
+        };
+        let range = (from, Bound::Excluded(cut));
+        for guard in self.expiry.range::<Vec<u8>, _>(range) {
+            if due.walked >= limit {
+                break;
+            }
+            due.walked += 1;
+            let entry = guard.key().map_err(|e| self.fjall(e))?;
+            let (at, key) = entry
+                .split_at_checked(EXPIRY_BYTES)
+                .ok_or_else(|| self.corrupt("expiry index"))?;
+            let at = decode_expiry(at);
+            due.last = Some(entry.to_vec());
+            let current = self.orders.get(key).map_err(|e| self.fjall(e))?;
+            match current {
+                Some(stored) => match (stored.get(..EXPIRY_BYTES), stored.get(EXPIRY_BYTES..)) {
+                    (Some(current_at), Some(value)) if decode_plain(current_at) == at => {
+                        due.records.push((key.to_vec(), value.to_vec()));
+                    }
+                    (Some(_), Some(_)) => due.stale.push(entry.to_vec()),
+                    _ => return Err(self.corrupt("record")),
+                },
+                None => due.stale.push(entry.to_vec()),
+            }
+        }
+        Ok(due)
+    }
+
+    /// Removes index entries [`PartitionStore::due`] found stale (not
+    /// durably: an entry left behind by a crash is found stale again).
+    pub fn prune(&mut self, stale: &[Vec<u8>]) -> Result<(), StoreError> {
+        if stale.is_empty() {
+            return Ok(());
+        }
+        let mut batch = self.db.batch().durability(None);
+        for entry in stale {
+            batch.remove(&self.expiry, entry.clone());
+        }
+        batch.commit().map_err(|e| self.fjall(e))
     }
 
     /// Every record, in key order: for restores' checks and tests.

@@ -115,6 +115,15 @@ pub trait ColdOrders: Send {
     fn failure(&self) -> Option<String> {
         None
     }
+    /// Orders kept whose retention ended before `now`, with the version
+    /// of the record kept (oldest first, at most `limit` looked at per
+    /// call, going on where the last call stopped). None without retention.
+    fn expired(&mut self, _now: Millis, _limit: usize) -> Vec<(String, u64)> {
+        Vec::new()
+    }
+    /// `order_id` is gone from the partition (retired, its tombstone on its
+    /// way): never recalled again, whatever is still kept of it.
+    fn forget(&mut self, _order_id: &str) {}
 }
 
 /// Orders that must stay in memory one insertion passes over at most
@@ -164,6 +173,10 @@ pub struct OrderBook {
     /// it, or written to it by the restore): moved out of memory without
     /// being handed to it again. A change takes an order off the set.
     clean: HashSet<Arc<str>>,
+    /// Units per SKU held by the partition's accepted orders that
+    /// retention retired: still counted in `sold` (they were sold), and
+    /// in the state topic, so every restore counts them too.
+    retired: HashMap<String, i64>,
     /// Orders moved to `cold`, and found there again.
     spilled: u64,
     recalled: u64,
@@ -196,6 +209,7 @@ impl OrderBook {
             attention: 0,
             cold: None,
             clean: HashSet::new(),
+            retired: HashMap::new(),
             spilled: 0,
             recalled: 0,
         }
@@ -386,6 +400,64 @@ impl OrderBook {
                 }
             }
             self.evicted += 1;
+        }
+    }
+
+    /// Takes `order_id` out of the book for good (found in memory or
+    /// brought back from `cold`): its record, timer and attention count;
+    /// `cold` never recalls it again. What it holds stays counted in
+    /// `sold`: the caller says where those units go.
+    pub fn remove(&mut self, order_id: &str) -> Option<Arc<OrderRecord>> {
+        self.find(order_id)?;
+        let (key, record) = self.orders.remove_entry(order_id)?;
+        self.attention -= attention(&record);
+        if let Some(due) = next_due(&record) {
+            self.timers.remove(&(due, key.clone()));
+        }
+        if !self.clean.is_empty() {
+            self.clean.remove(&key);
+        }
+        if let Some(cold) = &mut self.cold {
+            cold.forget(order_id);
+        }
+        Some(record)
+    }
+
+    /// Retires `order_id`, its retention over: removed ([`OrderBook::remove`]),
+    /// what an accepted one holds counted as retired units, sold for good.
+    pub fn retire(&mut self, order_id: &str) -> Option<Arc<OrderRecord>> {
+        let record = self.remove(order_id)?;
+        if let (OrderState::Accepted, Some(holding)) = (&record.state, &record.holding) {
+            for (sku, units) in holding.units() {
+                let retired = self.retired.entry(sku.to_string()).or_default();
+                *retired = retired.saturating_add(i64::from(units));
+            }
+        }
+        Some(record)
+    }
+
+    /// Units of `sku` the partition's retired orders hold.
+    pub fn retired(&self, sku: &str) -> i64 {
+        self.retired.get(sku).copied().unwrap_or(0)
+    }
+
+    /// Sets the units of `sku` the partition's retired orders hold (a
+    /// restore reading them), counting the difference in `sold`; returns
+    /// it, for the inventory.
+    pub fn set_retired(&mut self, sku: &str, units: i64) -> i64 {
+        let units = units.max(0);
+        let before = self.retired.insert(sku.to_string(), units).unwrap_or(0);
+        let more = units.saturating_sub(before);
+        let sold = self.sold.entry(sku.to_string()).or_default();
+        *sold = sold.saturating_add(more).max(0);
+        more
+    }
+
+    /// Orders whose retention ended before `now` (see [`ColdOrders::expired`]).
+    pub fn expired(&mut self, now: Millis, limit: usize) -> Vec<(String, u64)> {
+        match &mut self.cold {
+            Some(cold) => cold.expired(now, limit),
+            None => Vec::new(),
         }
     }
 

@@ -8,6 +8,7 @@
 
 pub mod book;
 pub mod life;
+pub mod retention;
 
 use crate::inventory::Inventory;
 use crate::lifecycle::{Input, OrderLife, Policy};

@@ -727,6 +727,18 @@ impl Inventory {
         });
     }
 
+    /// Takes units of a SKU without a customer: what a partition's retired
+    /// orders hold, as a restore reads it (sold for good; nothing checked).
+    pub fn take_units(&self, sku: &str, units: i64) {
+        let Some(cell) = self.cell_or_insert(sku) else {
+            return;
+        };
+        let mut state = cell.lock();
+        tracking_oversold(&self.oversold, &mut state, |state| {
+            state.reserved = state.reserved.saturating_add(units.max(0));
+        });
+    }
+
     /// A copy of one SKU's state.
     pub fn get(&self, sku: &str) -> Option<SkuState> {
         self.cell(sku).map(|cell| cell.lock().state())

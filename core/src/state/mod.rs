@@ -111,6 +111,54 @@ pub fn decode(bytes: &[u8]) -> Result<ChangelogEntry, StateError> {
     }
 }
 
+/// Key prefix, in the state topic, of the units a partition's retired
+/// orders hold, one record per SKU (the SKU follows): retention removes an
+/// accepted order's record but its units stay sold. No order ID starts
+/// with it: 0xFF never begins UTF-8.
+pub const RETIRED_PREFIX: &[u8] = b"\xFFretired:";
+/// First byte of a retired-units record's value.
+const RETIRED_VERSION: u8 = 1;
+
+/// The state topic's key of `sku`'s retired units.
+pub fn retired_key(sku: &str) -> Vec<u8> {
+    let mut key = RETIRED_PREFIX.to_vec();
+    key.extend_from_slice(sku.as_bytes());
+    key
+}
+
+/// Whether `key` is a retired-units key; the SKU if it names one.
+pub fn retired_sku(key: &[u8]) -> Option<Result<&str, StateError>> {
+    let sku = key.strip_prefix(RETIRED_PREFIX)?;
+    Some(std::str::from_utf8(sku).map_err(|_| StateError::Decode("SKU is not UTF-8".into())))
+}
+
+/// The units of a SKU a partition's retired orders hold, in all.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub struct RetiredUnits {
+    /// Partition of `orders` whose orders held them.
+    pub partition: i32,
+    pub units: i64,
+}
+
+pub fn encode_retired(retired: RetiredUnits) -> Vec<u8> {
+    let mut bytes = vec![RETIRED_VERSION];
+    bincode::serde::encode_into_std_write(retired, &mut bytes, bincode::config::standard())
+        .expect("writing to a Vec cannot fail");
+    bytes
+}
+
+pub fn decode_retired(bytes: &[u8]) -> Result<RetiredUnits, StateError> {
+    match bytes.split_first() {
+        None => Err(StateError::Empty),
+        Some((&RETIRED_VERSION, rest)) => {
+            bincode::serde::decode_from_slice(rest, bincode::config::standard())
+                .map(|(retired, _)| retired)
+                .map_err(|e| StateError::Decode(e.to_string()))
+        }
+        Some((&other, _)) => Err(StateError::Version(other)),
+    }
+}
+
 /// Whether `record` is a later state of its order than `known`: a higher
 /// version, or (version 1 records, which have none) a later offset.
 fn newer(record: &OrderRecord, known: &OrderRecord) -> bool {
@@ -209,6 +257,37 @@ impl<'a> Restorer<'a> {
             }
         }
         book.insert(order_id.to_string(), entry.record);
+        self.applied += 1;
+    }
+
+    /// Applies a changelog tombstone of `order_id` (retention retired it):
+    /// what it held is given back here, since the partition's retired
+    /// units, applied apart ([`Restorer::apply_retired`]), count it.
+    pub fn apply_tombstone(&mut self, partition: i32, order_id: &str) {
+        self.ensure_book(partition);
+        let book = self.books.get_mut(&partition).expect("made above");
+        let Some(record) = book.remove(order_id) else {
+            return;
+        };
+        if let (OrderState::Accepted, Some(holding)) = (&record.state, &record.holding) {
+            self.inventory
+                .release(&holding.customer_id, holding.units());
+            book.gave_back(holding.units());
+        }
+        self.applied += 1;
+    }
+
+    /// Applies the units of `sku` that `partition`'s retired orders hold
+    /// in all (the newest such record counts: each replaces the one before).
+    pub fn apply_retired(&mut self, sku: &str, retired: RetiredUnits) {
+        self.ensure_book(retired.partition);
+        let book = self.books.get_mut(&retired.partition).expect("made above");
+        let more = book.set_retired(sku, retired.units);
+        if more > 0 {
+            self.inventory.take_units(sku, more);
+        } else if more < 0 {
+            self.inventory.release_units(sku, -more);
+        }
         self.applied += 1;
     }
 
@@ -395,5 +474,54 @@ mod tests {
         restorer.apply("o-1", returned);
         assert_eq!(inventory_2.get("A").unwrap().reserved, 1);
         assert_eq!(restorer.finish(&[3])[&3].get("o-1").unwrap().version, 30);
+    }
+
+    #[test]
+    fn a_retired_order_counts_once_whether_its_records_are_compacted_or_not() {
+        let stock = || {
+            let inventory = Inventory::new();
+            inventory
+                .apply(&InventoryEvent::StockSet {
+                    sku: "A".into(),
+                    available: 10,
+                    prices: BTreeMap::new(),
+                    max_per_customer: None,
+                })
+                .unwrap();
+            inventory
+        };
+        let retired = RetiredUnits {
+            partition: 3,
+            units: 2,
+        };
+        assert_eq!(decode_retired(&encode_retired(retired)), Ok(retired));
+        assert_eq!(retired_sku(&retired_key("A")), Some(Ok("A")));
+        assert_eq!(retired_sku(b"o-1"), None, "an order ID is no retired key");
+        // The changelog before compaction: the order, then its retirement
+        // (the units, then the tombstone), then another order.
+        let inventory = stock();
+        let mut restorer = Restorer::new(&inventory, 100, None);
+        restorer.apply("o-1", entry(OrderState::Accepted, 7));
+        restorer.apply_retired("A", retired);
+        restorer.apply_tombstone(3, "o-1");
+        restorer.apply("o-2", entry(OrderState::Accepted, 8));
+        assert_eq!(inventory.get("A").unwrap().reserved, 4);
+        let books = restorer.finish(&[3]);
+        assert!(books[&3].get("o-1").is_none());
+        assert_eq!((books[&3].sold()["A"], books[&3].retired("A")), (4, 2));
+        // After compaction: the units record alone, and the later order.
+        let inventory = stock();
+        let mut restorer = Restorer::new(&inventory, 100, None);
+        restorer.apply_retired("A", retired);
+        restorer.apply("o-2", entry(OrderState::Accepted, 8));
+        // A newer total replaces the older one.
+        restorer.apply_retired(
+            "A",
+            RetiredUnits {
+                units: 3,
+                ..retired
+            },
+        );
+        assert_eq!(inventory.get("A").unwrap().reserved, 5);
     }
 }
