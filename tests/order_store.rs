@@ -556,3 +556,129 @@ fn a_state_topic_that_is_not_compacted_is_refused_at_start() {
         "{message}"
     );
 }
+
+/// An order of one unit of the scarce SKU `R`.
+fn scarce(id: &str) -> Vec<u8> {
+    let mut order: serde_json::Value = serde_json::from_slice(&order(id)).unwrap();
+    order["lines"][0]["sku"] = json!("R");
+    serde_json::to_vec(&order).unwrap()
+}
+
+/// Units of `R`.
+const SCARCE: i64 = 10;
+/// Retention of the retention test, in days: four seconds.
+const RETENTION_DAYS: &str = "lifecycle.retention_days=0.0000463";
+
+/// A process of the retention test: stores under `base`, transactions,
+/// a four-second retention.
+fn spawn_retaining(broker: &Broker, base: &Path, metrics: &str) -> Killed {
+    let window = format!("engine.dedup_window_orders={WINDOW}");
+    let store = format!("engine.store_dir={}", base.display());
+    let listen = format!("metrics.listen={metrics}");
+    spawn(
+        broker,
+        &[
+            &window,
+            &store,
+            "metrics.enabled=true",
+            &listen,
+            "kafka.transactions=on",
+            RETENTION_DAYS,
+        ],
+    )
+}
+
+/// A counter of /metrics at `metrics` once it is at least `least`.
+fn counter_at_least(metrics: &str, name: &str, least: u64) -> u64 {
+    wait_for(&format!("{name} to reach {least}"), TIMEOUT, || {
+        let (_, body) = http_get(metrics, "/metrics")?;
+        body.lines()
+            .find_map(|line| line.strip_prefix(name)?.strip_prefix(' '))
+            .and_then(|value| value.trim().parse::<f64>().ok())
+            .map(|value| value as u64)
+            .filter(|value| *value >= least)
+    })
+}
+
+/// Sends `ids` (orders of `R`) and a sentinel, waits for all their
+/// statuses; how many of `ids` were accepted.
+fn sell_scarce(broker: &Broker, ids: &[String], sentinel: &str) -> usize {
+    let mut records: Vec<_> = ids.iter().map(|id| record(id, scarce(id))).collect();
+    records.push(record(sentinel, order(sentinel)));
+    broker.produce("orders", &records);
+    let mut all = ids.to_vec();
+    all.push(sentinel.to_string());
+    wait_for_statuses(broker, &all);
+    let by_id = statuses(broker);
+    ids.iter()
+        .filter(|id| by_id[*id].last().map(String::as_str) == Some("accepted"))
+        .count()
+}
+
+#[test]
+fn orders_past_their_retention_are_retired_and_what_they_sold_stays_sold_through_restarts() {
+    let broker = Broker::start();
+    broker.create_contract_topics(1);
+    broker.produce(
+        "inventory",
+        &inventory_records(&[
+            json!({"type": "stock_set", "sku": "A", "available": STOCK, "prices": {"EUR": 500}}),
+            json!({"type": "stock_set", "sku": "R", "available": SCARCE, "prices": {"EUR": 500}}),
+        ]),
+    );
+    let base = tempfile::tempdir().unwrap();
+    let metrics = format!("127.0.0.1:{}", free_port());
+    let ids = |prefix: &str, n: usize| -> Vec<String> {
+        (0..n).map(|i| format!("{prefix}-{i}")).collect()
+    };
+
+    // Six units sold, then retention retires the orders (and the sentinel).
+    let first = spawn_retaining(&broker, base.path(), &metrics);
+    let sold = ids("r", 6);
+    assert_eq!(sell_scarce(&broker, &sold, "s-1"), 6);
+    counter_at_least(&metrics, "orderflow_orders_retired_total", 7);
+    // In the changelog, once the pass's transaction commits: each order's
+    // last record a tombstone, and the partition's retired units of R, six.
+    let last_records = |messages: &[OwnedMessage]| {
+        let mut last: HashMap<Vec<u8>, Option<Vec<u8>>> = HashMap::new();
+        for message in messages {
+            let key = message.key().unwrap_or_default().to_vec();
+            last.insert(key, message.payload().map(<[u8]>::to_vec));
+        }
+        last
+    };
+    let messages = broker.read_until("order-state", TIMEOUT, |messages| {
+        let last = last_records(messages);
+        sold.iter().all(|id| last.get(id.as_bytes()) == Some(&None))
+    });
+    let last = last_records(&messages);
+    let retired = last[&orderflow::state::retired_key("R")].clone().unwrap();
+    assert_eq!(orderflow::state::decode_retired(&retired).unwrap().units, 6);
+    // Retired: a duplicate now is a new order (retention, not a count,
+    // removed it), and takes a seventh unit.
+    assert_eq!(sell_scarce(&broker, &sold[..1], "s-2"), 1);
+    assert_eq!(statuses(&broker)[&sold[0]], ["accepted", "accepted"]);
+    drop(first); // SIGKILL
+
+    // Restored from the changelog (no files): 3 of 10 units left.
+    std::fs::remove_dir_all(base.path()).unwrap();
+    let second = spawn_retaining(&broker, base.path(), &metrics);
+    assert_eq!(
+        sell_scarce(&broker, &ids("after-changelog", 4), "s-3"),
+        3,
+        "the changelog's retired units count as sold"
+    );
+    counter_at_least(&metrics, "orderflow_store_records_written_total", 1);
+    drop(second); // SIGKILL
+
+    // Restored from the store's checkpoint: none left.
+    let third = spawn_retaining(&broker, base.path(), &metrics);
+    let local = restore_counter(&metrics, "orderflow_restore_records_local_total");
+    assert!(local > 0, "restored from the store");
+    assert_eq!(
+        sell_scarce(&broker, &ids("after-checkpoint", 2), "s-4"),
+        0,
+        "the retired units stay sold: never more than {SCARCE} in all"
+    );
+    drop(third);
+}
