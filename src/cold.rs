@@ -72,6 +72,12 @@ const STORE_MEMORY: Memory = Memory {
     cache_bytes: 8 << 20,
     memtable_bytes: 4 << 20,
 };
+/// What one partition's store may hold in memory, at most (fjall's cache
+/// and memtables; the Bloom filter's 1.25 bytes per order come on top).
+pub fn store_memory_bytes() -> u64 {
+    STORE_MEMORY.budget()
+}
+
 /// How often a store's writer fsyncs what it wrote, at most: a machine
 /// that loses power loses at most this much of the checkpoint's progress
 /// (the next restore reads that much more of the changelog), never its

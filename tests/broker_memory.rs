@@ -17,7 +17,15 @@
 //! kinds of handling read, look up and write.
 //!
 //! The bound: resident memory at the end (every record and result
-//! handled) at most `MAX_GROWTH_PERCENT` above where it was half-way.
+//! handled) at most `MAX_GROWTH_PERCENT` above where it was half-way,
+//! plus what the partitions' order stores (on by default) may hold in
+//! memory by config (`cold::store_memory_bytes`, about 24 MiB each): with
+//! them every payment result finds its order, read back from disk once
+//! the decisions are done, past half-way, which is when fjall's cache and
+//! memtables fill (2026-12-04: 155.8 MiB half-way, 194.4 MiB at the end,
+//! +38.6 MiB against 15.6 + 48 MiB allowed; levelling off at the end).
+//! With `ORDERFLOW_MEMORY_TEST_SET=engine.store_dir=off` the stores'
+//! share is not allowed, and the results past the window are refused.
 //! Past warm-up nothing the processor keeps grows with the orders it
 //! decides: each partition's book holds at most
 //! `engine.dedup_window_orders` orders (full after the first 1 % of the
@@ -251,10 +259,18 @@ fn resident_memory_levels_off_past_the_dedup_window() {
     };
     let (warm, half, end) = (at(0.1), at(0.5), at(1.0));
     let growth = end.saturating_sub(half);
+    // The order stores (on by default) fill their caches only once the
+    // payment results read orders back, past half-way here: their memory
+    // is bounded by config, and allowed on top.
+    let stores_on = !extra.iter().any(|s| s == "engine.store_dir=off");
+    let stores_kib = match stores_on {
+        true => PARTITIONS as u64 * orderflow::cold::store_memory_bytes() / 1024,
+        false => 0,
+    };
     println!(
         "resident memory: {warm} KiB at 10 %, {half} KiB at 50 %, {end} KiB at the end of \
          {total} records and results ({} samples); growth from half-way {growth} KiB ({:.1} %, limit \
-         {MAX_GROWTH_PERCENT} %)",
+         {MAX_GROWTH_PERCENT} % and the order stores' {stores_kib} KiB)",
         samples.len(),
         growth as f64 * 100.0 / half as f64
     );
@@ -297,7 +313,8 @@ fn resident_memory_levels_off_past_the_dedup_window() {
         "every copy counted as a duplicate"
     );
     assert!(
-        growth * 100 <= half * MAX_GROWTH_PERCENT,
-        "resident memory grew by {growth} KiB from half-way ({half} KiB) to the end"
+        growth * 100 <= half * MAX_GROWTH_PERCENT + stores_kib * 100,
+        "resident memory grew by {growth} KiB from half-way ({half} KiB) to the end, beyond \
+         {MAX_GROWTH_PERCENT} % and the stores' {stores_kib} KiB"
     );
 }

@@ -434,7 +434,13 @@ fn a_restore_with_transactions_reads_the_compacted_state_topic_not_the_sales_his
     let listen = format!("metrics.listen={metrics}");
     let first = spawn(
         &broker,
-        &["metrics.enabled=true", &listen, "kafka.transactions=on"],
+        &[
+            "metrics.enabled=true",
+            &listen,
+            "kafka.transactions=on",
+            // What is read from Kafka alone (no store to start from).
+            "engine.store_dir=off",
+        ],
     );
     let placed: Vec<_> = ids.iter().map(|id| record(id, order(id))).collect();
     broker.produce("orders", &placed);
@@ -461,7 +467,13 @@ fn a_restore_with_transactions_reads_the_compacted_state_topic_not_the_sales_his
     // SIGKILL, then a new instance: it restores from order-state alone.
     let second = spawn(
         &broker,
-        &["metrics.enabled=true", &listen, "kafka.transactions=on"],
+        &[
+            "metrics.enabled=true",
+            &listen,
+            "kafka.transactions=on",
+            // What is read from Kafka alone (no store to start from).
+            "engine.store_dir=off",
+        ],
     );
     let read = restored_records(&metrics);
     let history = broker.read_to_end("order-status").len() as u64;

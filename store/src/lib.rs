@@ -54,6 +54,18 @@ pub struct Memory {
     pub memtable_bytes: u64,
 }
 
+/// Keyspaces of one store, each with its memtable: `orders`, `expiry`,
+/// `meta`, `spilled`.
+pub const KEYSPACES: u64 = 4;
+
+impl Memory {
+    /// What fjall may hold in memory for one store at most: the block
+    /// cache and a full memtable per keyspace.
+    pub fn budget(&self) -> u64 {
+        self.cache_bytes + KEYSPACES * self.memtable_bytes
+    }
+}
+
 impl Default for Memory {
     fn default() -> Self {
         Memory {
