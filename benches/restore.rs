@@ -22,7 +22,8 @@
 //!
 //! Only with `--bench`. Run: `cargo bench --bench restore`
 //! (`RESTORE_ORDERS=1000000,5000000,10000000` by default;
-//! `RESTORE_WINDOW`, the orders kept in memory, 1,000,000 by default).
+//! `RESTORE_WINDOW`, the orders kept in memory, by default the config's
+//! `engine.dedup_window_orders`).
 
 #[path = "../tests/common/mod.rs"]
 mod common;
@@ -49,9 +50,7 @@ const CONTROL_MAX_ORDERS: usize = 1_000_000;
 /// How long the cleaner may take to compact the largest history.
 const COMPACTION_TIMEOUT: Duration = Duration::from_secs(1_800);
 /// Orders the restored book keeps in memory: the default window, or
-/// `RESTORE_WINDOW`.
-const WINDOW: usize = 1_000_000;
-
+/// `RESTORE_WINDOW`, else the default config's window.
 fn window() -> usize {
     std::env::var("RESTORE_WINDOW")
         .ok()
@@ -60,7 +59,11 @@ fn window() -> usize {
                 .parse()
                 .expect("RESTORE_WINDOW: a number of orders")
         })
-        .unwrap_or(WINDOW)
+        .unwrap_or_else(|| {
+            orderflow::config::Config::defaults()
+                .engine
+                .dedup_window_orders
+        })
 }
 
 /// The engine's records of one order: accepted, then cancelled.

@@ -61,6 +61,10 @@ pub const WRITE_BATCH: usize = 256;
 /// `lifecycle.retention_days` (90). Each stored record's expiry counts
 /// from its changelog record's timestamp (the order's last change).
 pub const DEFAULT_RETENTION: Duration = Duration::from_secs(90 * 24 * 3600);
+/// Record times before this (2020-01-01T00:00:00Z) are no order's change
+/// (librdkafka's mock cluster stamps every record 1234 ms after the
+/// epoch): such a record's retention counts from when it is written.
+const EARLIEST_CHANGE_MS: i64 = 1_577_836_800_000;
 /// The least first layer of a store's Bloom filter, in orders.
 const MIN_EXPECTED_ORDERS: usize = 1 << 14;
 /// fjall's memory per store: what a book reads back is rare (duplicates,
@@ -102,6 +106,10 @@ pub struct Committed {
     pub key: Vec<u8>,
     pub value: Vec<u8>,
 }
+
+/// Orders due (ID and the version stored), and the index entry after
+/// which the walk goes on (`None`: from the oldest).
+type DueOrders = (Vec<(String, u64)>, Option<Vec<u8>>);
 
 /// A record a store keeps, as [`OpenStore::scan`] reads it.
 #[derive(Debug)]
@@ -465,7 +473,11 @@ impl OpenStore {
                 // A partition's retired units are kept for good.
                 expires_at_ms: match state::retired_sku(&copy.key) {
                     Some(_) => i64::MAX,
-                    None => self.expiry_ms(copy.timestamp_ms.unwrap_or(now)),
+                    None => self.expiry_ms(
+                        copy.timestamp_ms
+                            .filter(|t| *t >= EARLIEST_CHANGE_MS)
+                            .unwrap_or(now),
+                    ),
                 },
             })
             .collect();
@@ -542,12 +554,7 @@ impl OpenStore {
     /// Committed records due by `now_ms`, from the index entry after
     /// `after`: their order IDs and versions, and where the walk stopped
     /// if it walked `limit` entries. Index entries found stale are removed.
-    fn due(
-        &self,
-        now_ms: i64,
-        after: Option<&[u8]>,
-        limit: usize,
-    ) -> Result<(Vec<(String, u64)>, Option<Vec<u8>>), String> {
+    fn due(&self, now_ms: i64, after: Option<&[u8]>, limit: usize) -> Result<DueOrders, String> {
         let mut store = self.store.lock();
         let Some(store) = store.as_mut() else {
             return Ok((Vec::new(), None));
@@ -957,6 +964,46 @@ mod tests {
         assert_eq!(store.checkpoint(), Some(43));
         assert_eq!(store.recall("o-b").map(|r| r.offset), Some(5));
         assert!(!stores.dir(4).exists(), "no store for partition 4");
+    }
+
+    #[test]
+    fn records_are_due_a_retention_after_their_time_and_retired_units_never() {
+        let base = tempfile::tempdir().unwrap();
+        let retention = Duration::from_secs(3_600);
+        let stores =
+            Stores::with_retention(base.path().to_str().unwrap(), "g.s", 10, retention).unwrap();
+        let store = stores.open(3).unwrap();
+        let now = now_ms();
+        let at = |offset, order_id: &str, timestamp_ms| Committed {
+            timestamp_ms,
+            ..copy(offset, order_id, &record(offset))
+        };
+        let retired = Committed {
+            offset: 4,
+            timestamp_ms: Some(1),
+            key: state::retired_key("A"),
+            value: state::encode_retired(state::RetiredUnits {
+                partition: 3,
+                units: 2,
+            }),
+        };
+        let copies = [
+            at(0, "o-old", Some(now - 2 * 3_600_000)),
+            at(1, "o-new", Some(now)),
+            // No time, or the mock cluster's 1234: counted from now.
+            at(2, "o-untimed", None),
+            at(3, "o-mock", Some(1_234)),
+            retired,
+        ];
+        store.commit(&copies, 5).unwrap();
+        let due = |now| store.due(now, None, 100).unwrap().0;
+        assert_eq!(due(now), [("o-old".to_string(), 1)]);
+        let mut later: Vec<String> = due(now + 2 * 3_600_000)
+            .into_iter()
+            .map(|(id, _)| id)
+            .collect();
+        later.sort();
+        assert_eq!(later, ["o-mock", "o-new", "o-old", "o-untimed"]);
     }
 
     #[test]

@@ -263,7 +263,9 @@ impl Shared {
         }
         let copy = Committed {
             offset: message.offset(),
-            timestamp_ms: message.timestamp().to_millis(),
+            // Made moments ago, by this process: its retention counts from
+            // now (the delivery's time is the broker's, or the mock's 1234).
+            timestamp_ms: None,
             key: message.key().map(<[u8]>::to_vec).unwrap_or_default(),
             value: message.payload().map(<[u8]>::to_vec).unwrap_or_default(),
         };

@@ -571,7 +571,13 @@ impl Source {
                 let Some(book) = books.remove(&partition) else {
                     continue; // the restore returns a book for every partition
                 };
-                if !self.dispatch(partition, Work::Adopt { partition, book }) {
+                if !self.dispatch(
+                    partition,
+                    Work::Adopt {
+                        partition,
+                        book: Box::new(book),
+                    },
+                ) {
                     return false;
                 }
             }

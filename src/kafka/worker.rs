@@ -39,7 +39,10 @@ pub enum Work {
     Record(Record),
     /// A partition this process now owns, with its restored book: sent
     /// before any of its records.
-    Adopt { partition: i32, book: OrderBook },
+    Adopt {
+        partition: i32,
+        book: Box<OrderBook>,
+    },
     /// A partition this process no longer owns: sent after its last record;
     /// `done` hears once its holdings are given back.
     Release {
@@ -98,7 +101,7 @@ impl Shard {
                         .resume(&book, OffsetDateTime::now_utc(), &mut outputs);
                     metrics.outputs_emitted(&outputs);
                     self.send_untracked(partition, &mut outputs);
-                    books.insert(partition, book);
+                    books.insert(partition, *book);
                     continue;
                 }
                 Ok(Work::Release { partition, done }) => {
@@ -697,7 +700,7 @@ mod tests {
         queue
             .send(Work::Adopt {
                 partition: 0,
-                book: OrderBook::new(10),
+                book: Box::new(OrderBook::new(10)),
             })
             .unwrap();
         queue.send(Work::Record(record(0, 6))).unwrap();

@@ -62,6 +62,10 @@ fn per(what: Duration, count: usize) -> f64 {
     what.as_secs_f64() * 1e9 / count as f64
 }
 
+/// Index entries one retention walk looks at (the processor's
+/// `worker::RETIRE_BATCH`).
+const RETIRE_BATCH: usize = 500;
+
 fn main() {
     if !std::env::args().any(|a| a == "--bench") {
         return; // `cargo test` runs benches without it: nothing to do.
@@ -139,4 +143,56 @@ fn main() {
         resident_mib()
     );
     assert_eq!(store.checkpoint().unwrap().changelog_next, orders as i64);
+    let mut store = store;
+
+    // Retention of the oldest tenth, as the processor does it: walks of
+    // 500 index entries (`due`), then the tombstones committed in batches
+    // (the changelog's copies), then one more walk that finds only the
+    // index entries the tombstones left (pruned).
+    let expired = orders / 10;
+    let now = 90 * DAY_MS + expired as i64;
+    let walk = |store: &mut PartitionStore| {
+        let (mut found, mut after) = (Vec::new(), None);
+        loop {
+            let due = store.due(now, after.as_deref(), RETIRE_BATCH).unwrap();
+            store.prune(&due.stale).unwrap();
+            found.extend(due.records.into_iter().map(|(key, _)| key));
+            if due.walked < RETIRE_BATCH {
+                return found;
+            }
+            after = due.last;
+        }
+    };
+    let started = Instant::now();
+    let due = walk(&mut store);
+    let walked = started.elapsed();
+    assert_eq!(due.len(), expired);
+    let started = Instant::now();
+    for (n, keys) in due.chunks(BATCH).enumerate() {
+        let tombstones: Vec<Put> = keys
+            .iter()
+            .map(|key| Put {
+                key: key.clone(),
+                value: Vec::new(),
+                expires_at_ms: 0,
+            })
+            .collect();
+        let checkpoint = Checkpoint {
+            changelog_next: (orders + (n + 1) * BATCH) as i64,
+            input_next: 0,
+        };
+        store.commit(&tombstones, checkpoint).unwrap();
+    }
+    let removed = started.elapsed();
+    let started = Instant::now();
+    assert!(walk(&mut store).is_empty(), "nothing due once removed");
+    let pruned = started.elapsed();
+    println!(
+        "retention of {expired} orders: walk {:.0} ns per order due, tombstone commit {:.0} ns, \
+         the walk after (stale entries pruned) {:.0} ns; {} records left",
+        per(walked, expired),
+        per(removed, expired),
+        per(pruned, expired),
+        store.len().unwrap()
+    );
 }

@@ -151,25 +151,35 @@ fn assert_matches(store: &PartitionStore, model: &Model, lenient_expiry: bool) {
 
 #[derive(Debug, Clone)]
 enum Op {
-    Commit(Vec<(u8, Vec<u8>, i64)>),
+    /// A commit; `buffered`: not made durable (a clean reopen keeps it too).
+    Commit {
+        puts: Vec<(u8, Vec<u8>, i64)>,
+        buffered: bool,
+    },
     Expire(i64),
     Reopen,
     /// Records moved out of memory: found with `get_spilled` until the
     /// next open, never among the records.
     Spill(Vec<u8>),
-    /// A commit not made durable (a clean reopen keeps it too).
-    Buffered(Vec<(u8, Vec<u8>, i64)>),
 }
 
 fn op() -> impl Strategy<Value = Op> {
+    let puts = || {
+        prop::collection::vec(
+            (
+                0u8..60,
+                prop::collection::vec(any::<u8>(), 0..64),
+                0i64..100,
+            ),
+            0..12,
+        )
+    };
     prop_oneof![
-        4 => prop::collection::vec((0u8..60, prop::collection::vec(any::<u8>(), 0..64), 0i64..100), 0..12)
-            .prop_map(Op::Commit),
+        4 => puts().prop_map(|puts| Op::Commit { puts, buffered: false }),
         1 => (0i64..120).prop_map(Op::Expire),
         1 => Just(Op::Reopen),
         1 => (0u8..60).prop_map(|k| Op::Spill(format!("o-{k}").into_bytes())),
-        2 => prop::collection::vec((0u8..60, prop::collection::vec(any::<u8>(), 0..64), 0i64..100), 0..12)
-            .prop_map(Op::Buffered),
+        2 => puts().prop_map(|puts| Op::Commit { puts, buffered: true }),
     ]
 }
 
@@ -218,20 +228,13 @@ proptest! {
                     store.spill(&[put]).unwrap();
                     spilled.insert(key, value);
                 }
-                Op::Buffered(puts) => {
+                Op::Commit { puts, buffered } => {
                     let puts = named(puts);
                     let checkpoint = Checkpoint { changelog_next: n as i64, input_next: 2 * n as i64 };
-                    store.commit_buffered(&puts, checkpoint).unwrap();
-                    for put in &puts {
-                        model.put(put);
+                    match buffered {
+                        true => store.commit_buffered(&puts, checkpoint).unwrap(),
+                        false => store.commit(&puts, checkpoint).unwrap(),
                     }
-                    forget_removed(&mut spilled, &puts);
-                    last = Some(checkpoint);
-                }
-                Op::Commit(puts) => {
-                    let puts = named(puts);
-                    let checkpoint = Checkpoint { changelog_next: n as i64, input_next: 2 * n as i64 };
-                    store.commit(&puts, checkpoint).unwrap();
                     for put in &puts {
                         model.put(put);
                     }

@@ -223,14 +223,8 @@ impl<'a> Restorer<'a> {
     }
 
     pub fn apply(&mut self, order_id: &str, entry: ChangelogEntry) {
-        if !self.books.contains_key(&entry.partition) {
-            let book = self.empty_book(entry.partition);
-            self.books.insert(entry.partition, book);
-        }
-        let book = self
-            .books
-            .get_mut(&entry.partition)
-            .expect("inserted above");
+        self.ensure_book(entry.partition);
+        let book = self.books.get_mut(&entry.partition).expect("made above");
         let known = book.find(order_id);
         if known.is_some_and(|known| !newer(&entry.record, known)) {
             // A copy sent again after a crash, or an older state read
@@ -296,14 +290,8 @@ impl<'a> Restorer<'a> {
     /// applied: each order once, so nothing is looked up): takes what it
     /// holds, and lets the book adopt it (see [`OrderBook::adopt`]).
     pub fn apply_stored(&mut self, order_id: &str, entry: ChangelogEntry) {
-        if !self.books.contains_key(&entry.partition) {
-            let book = self.empty_book(entry.partition);
-            self.books.insert(entry.partition, book);
-        }
-        let book = self
-            .books
-            .get_mut(&entry.partition)
-            .expect("inserted above");
+        self.ensure_book(entry.partition);
+        let book = self.books.get_mut(&entry.partition).expect("made above");
         if let (OrderState::Accepted, Some(holding)) = (&entry.record.state, &entry.record.holding)
         {
             self.inventory.restore(holding);
@@ -366,6 +354,20 @@ mod tests {
         }
     }
 
+    /// An inventory with 10 units of SKU `A`.
+    fn ten_of_a(max_per_customer: Option<u32>) -> Inventory {
+        let inventory = Inventory::new();
+        inventory
+            .apply(&InventoryEvent::StockSet {
+                sku: "A".into(),
+                available: 10,
+                prices: BTreeMap::new(),
+                max_per_customer,
+            })
+            .unwrap();
+        inventory
+    }
+
     #[test]
     fn round_trip_and_version_check() {
         let e = entry(OrderState::Accepted, 42);
@@ -381,15 +383,7 @@ mod tests {
 
     #[test]
     fn restores_reservations_once_and_cancellations() {
-        let inventory = Inventory::new();
-        inventory
-            .apply(&InventoryEvent::StockSet {
-                sku: "A".into(),
-                available: 10,
-                prices: BTreeMap::new(),
-                max_per_customer: Some(5),
-            })
-            .unwrap();
+        let inventory = ten_of_a(Some(5));
         let mut restorer = Restorer::new(&inventory, 100, None);
         restorer.apply("o-1", entry(OrderState::Accepted, 7));
         restorer.apply("o-1", entry(OrderState::Accepted, 7)); // copy
@@ -441,15 +435,7 @@ mod tests {
 
     #[test]
     fn the_newest_version_wins_whichever_topic_is_read_first() {
-        let inventory = Inventory::new();
-        inventory
-            .apply(&InventoryEvent::StockSet {
-                sku: "A".into(),
-                available: 10,
-                prices: BTreeMap::new(),
-                max_per_customer: None,
-            })
-            .unwrap();
+        let inventory = ten_of_a(None);
         let mut restorer = Restorer::new(&inventory, 100, None);
         // A return restocked one unit: version 30 holds 1 of the 2.
         let mut returned = entry(OrderState::Accepted, 7);
@@ -460,15 +446,7 @@ mod tests {
         restorer.apply("o-1", entry(OrderState::Accepted, 7)); // the status, older
         assert_eq!(inventory.get("A").unwrap().reserved, 1);
         // Read the other way round, the same.
-        let inventory_2 = Inventory::new();
-        inventory_2
-            .apply(&InventoryEvent::StockSet {
-                sku: "A".into(),
-                available: 10,
-                prices: BTreeMap::new(),
-                max_per_customer: None,
-            })
-            .unwrap();
+        let inventory_2 = ten_of_a(None);
         let mut restorer = Restorer::new(&inventory_2, 100, None);
         restorer.apply("o-1", entry(OrderState::Accepted, 7));
         restorer.apply("o-1", returned);
@@ -478,18 +456,7 @@ mod tests {
 
     #[test]
     fn a_retired_order_counts_once_whether_its_records_are_compacted_or_not() {
-        let stock = || {
-            let inventory = Inventory::new();
-            inventory
-                .apply(&InventoryEvent::StockSet {
-                    sku: "A".into(),
-                    available: 10,
-                    prices: BTreeMap::new(),
-                    max_per_customer: None,
-                })
-                .unwrap();
-            inventory
-        };
+        let stock = || ten_of_a(None);
         let retired = RetiredUnits {
             partition: 3,
             units: 2,
