@@ -77,10 +77,6 @@ impl Default for Memory {
 
 /// fjall's background threads (flushes and compactions) per store.
 const WORKER_THREADS: usize = 1;
-/// Index entries one retention pass walks at most, so a pass after a long
-/// pause is spread over several calls.
-pub const EXPIRE_BATCH: usize = 10_000;
-
 const CHECKPOINT_KEY: &[u8] = b"checkpoint";
 const IDENTITY_KEY: &[u8] = b"identity";
 const SPILLED: &str = "spilled";
@@ -134,15 +130,6 @@ pub struct Put {
     pub key: Vec<u8>,
     pub value: Vec<u8>,
     pub expires_at_ms: i64,
-}
-
-/// What one retention pass removed.
-#[derive(Debug, Default, PartialEq, Eq)]
-pub struct Expired {
-    /// Keys of the records removed (for the changelog's tombstones).
-    pub keys: Vec<Vec<u8>>,
-    /// Whether index entries before the cut-off are left for another pass.
-    pub more: bool,
 }
 
 /// What [`PartitionStore::due`] found.
@@ -370,45 +357,6 @@ impl PartitionStore {
             self.bloom.insert(&put.key);
         }
         Ok(())
-    }
-
-    /// Removes, atomically and durably, the records whose expiry is before
-    /// `now_ms`, oldest first, walking at most [`EXPIRE_BATCH`] index
-    /// entries.
-    pub fn expire(&mut self, now_ms: i64) -> Result<Expired, StoreError> {
-        let mut expired = Expired::default();
-        let mut batch = self.db.batch().durability(Some(PersistMode::SyncData));
-        let cut = expiry_key(now_ms, &[]);
-        for (walked, guard) in self.expiry.range(..cut.as_slice()).enumerate() {
-            if walked >= EXPIRE_BATCH {
-                expired.more = true;
-                break;
-            }
-            let entry = guard.key().map_err(|e| self.fjall(e))?;
-            let (at, key) = entry
-                .split_at_checked(EXPIRY_BYTES)
-                .ok_or_else(|| self.corrupt("expiry index"))?;
-            let at = decode_expiry(at);
-            batch.remove(&self.expiry, entry.to_vec());
-            let current = self.orders.get(key).map_err(|e| self.fjall(e))?;
-            let current_at = match &current {
-                None => continue,
-                Some(stored) => match stored.get(..EXPIRY_BYTES) {
-                    Some(bytes) => decode_plain(bytes),
-                    None => return Err(self.corrupt("record")),
-                },
-            };
-            // Written again since with a later expiry: only the index
-            // entry was stale.
-            if current_at == at {
-                batch.remove(&self.orders, key.to_vec());
-                expired.keys.push(key.to_vec());
-            }
-        }
-        if !batch.is_empty() {
-            batch.commit().map_err(|e| self.fjall(e))?;
-        }
-        Ok(expired)
     }
 
     /// The records whose expiry is before `now_ms`, oldest first, from the
