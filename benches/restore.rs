@@ -20,10 +20,20 @@
 //! when it is at most a million, the same history on a topic that is not
 //! compacted: what a restore read before (every change ever made).
 //!
+//! With `RESTORE_RETIRED=P` (a percentage, 0 by default: skipped), each
+//! size then has P % of its orders retired, as a retention pass retires
+//! them: a tombstone per order (they were cancelled, so they hold no units
+//! and no retired-units record changes). Once compacted, the changelog
+//! holds the live orders' records and the tombstones (Kafka keeps a
+//! tombstone for the topic's `delete.retention.ms`, a day by default, after
+//! it is cleaned), and the partition is restored from the changelog into
+//! an empty store, then from the first store's checkpoint plus the
+//! tombstones after it.
+//!
 //! Only with `--bench`. Run: `cargo bench --bench restore`
 //! (`RESTORE_ORDERS=1000000,5000000,10000000` by default;
 //! `RESTORE_WINDOW`, the orders kept in memory, by default the config's
-//! `engine.dedup_window_orders`).
+//! `engine.dedup_window_orders`; `RESTORE_RETIRED`).
 
 #[path = "../tests/common/mod.rs"]
 mod common;
@@ -49,6 +59,9 @@ const DEFAULT_SIZES: &[usize] = &[1_000_000, 5_000_000, 10_000_000];
 const CONTROL_MAX_ORDERS: usize = 1_000_000;
 /// How long the cleaner may take to compact the largest history.
 const COMPACTION_TIMEOUT: Duration = Duration::from_secs(1_800);
+/// Longer than the topics' `segment.ms` (2 s), so the next record written
+/// starts a segment and the one before can be cleaned.
+const SEGMENT_ROLL: Duration = Duration::from_secs(3);
 /// Orders the restored book keeps in memory: the default window, or
 /// `RESTORE_WINDOW`, else the default config's window.
 fn window() -> usize {
@@ -64,6 +77,19 @@ fn window() -> usize {
                 .engine
                 .dedup_window_orders
         })
+}
+
+/// `RESTORE_RETIRED`: the percentage of each size's orders retired after
+/// its restores, 0 (none) unless set.
+fn retired_percent() -> usize {
+    std::env::var("RESTORE_RETIRED").map_or(0, |n| {
+        let percent = n
+            .trim()
+            .parse()
+            .expect("RESTORE_RETIRED: a percentage of orders");
+        assert!(percent <= 100, "RESTORE_RETIRED: at most 100");
+        percent
+    })
 }
 
 /// The engine's records of one order: accepted, then cancelled.
@@ -132,26 +158,48 @@ fn write_history(broker: &Broker, topic: &str, orders: usize, history: &[Vec<u8>
     let producer = producer(broker);
     let mut written = 0;
     for payload in history {
-        for i in 0..orders {
-            let key = format!("o-{i:08}");
-            let mut record = BaseRecord::to(topic)
-                .partition(0)
-                .key(key.as_bytes())
-                .payload(payload.as_slice());
-            loop {
-                match producer.send(record) {
-                    Ok(()) => break,
-                    Err((_, returned)) => {
-                        record = returned;
-                        std::thread::sleep(Duration::from_millis(1));
-                    }
-                }
-            }
-            written += 1;
-        }
+        written += write_records(&producer, topic, orders, Some(payload));
     }
     producer.flush(Duration::from_secs(300)).expect("flushed");
     written
+}
+
+/// Writes tombstones for the first `orders` orders to partition 0 of
+/// `topic`, as a retention pass retires them; returns the records written.
+fn write_tombstones(broker: &Broker, topic: &str, orders: usize) -> u64 {
+    let producer = producer(broker);
+    let written = write_records(&producer, topic, orders, None);
+    producer.flush(Duration::from_secs(300)).expect("flushed");
+    written
+}
+
+/// Sends one record per order `o-00000000` onwards, `payload` its value
+/// (`None`: a tombstone), waiting while the producer's queue is full.
+fn write_records(
+    producer: &ThreadedProducer<DefaultProducerContext>,
+    topic: &str,
+    orders: usize,
+    payload: Option<&Vec<u8>>,
+) -> u64 {
+    for i in 0..orders {
+        let key = format!("o-{i:08}");
+        let mut record = BaseRecord::<[u8], Vec<u8>>::to(topic)
+            .partition(0)
+            .key(key.as_bytes());
+        if let Some(payload) = payload {
+            record = record.payload(payload);
+        }
+        loop {
+            match producer.send(record) {
+                Ok(()) => break,
+                Err((_, returned)) => {
+                    record = returned;
+                    std::thread::sleep(Duration::from_millis(1));
+                }
+            }
+        }
+    }
+    orders as u64
 }
 
 /// The offset up to which the cleaner has compacted partition 0 of
@@ -300,15 +348,8 @@ fn main() {
                 &format!("{orders} orders, not compacted"),
             );
         }
-        // A later segment so the last one written can be cleaned.
-        std::thread::sleep(Duration::from_secs(3));
-        write_history(&broker, &topic, 1, &history);
         let started = Instant::now();
-        wait_for(
-            "the cleaner to compact the history",
-            COMPACTION_TIMEOUT,
-            || (cleaned_up_to(&broker, &topic) >= written as i64).then_some(()),
-        );
+        compact(&broker, &topic, &history);
         println!(
             "{orders} orders: compacted in {:.1} s",
             started.elapsed().as_secs_f64()
@@ -338,5 +379,53 @@ fn main() {
             None,
             &format!("{orders} orders, store off"),
         );
+        let retired = orders * retired_percent() / 100;
+        if retired > 0 {
+            let started = Instant::now();
+            write_tombstones(&broker, &topic, retired);
+            compact(&broker, &topic, &history);
+            println!(
+                "{orders} orders: {retired} retired (tombstones), compacted in {:.1} s",
+                started.elapsed().as_secs_f64()
+            );
+            let fresh = tempfile::tempdir().unwrap();
+            restore(
+                &broker,
+                &topic,
+                Some(fresh.path()),
+                &format!("{orders} orders, {retired} retired, store on, from the changelog"),
+            );
+            restore(
+                &broker,
+                &topic,
+                Some(store.path()),
+                &format!("{orders} orders, {retired} retired, from the checkpoint"),
+            );
+            println!(
+                "{orders} orders, {retired} retired: the stores take {:.0} MiB (from the \
+                 changelog) and {:.0} MiB (from the checkpoint) on disk",
+                dir_bytes(fresh.path()) as f64 / 1048576.0,
+                dir_bytes(store.path()) as f64 / 1048576.0
+            );
+        }
     }
+}
+
+/// The end offset of partition 0 of `topic`.
+fn end_offset(broker: &Broker, topic: &str) -> i64 {
+    broker.end_offsets(topic)[&0]
+}
+
+/// Waits until the log cleaner has compacted everything written to
+/// partition 0 of `topic` so far (a later segment is written first, so
+/// that the last one written can be cleaned).
+fn compact(broker: &Broker, topic: &str, history: &[Vec<u8>; 2]) {
+    let end = end_offset(broker, topic);
+    std::thread::sleep(SEGMENT_ROLL);
+    write_history(broker, topic, 1, history);
+    wait_for(
+        "the cleaner to compact the history",
+        COMPACTION_TIMEOUT,
+        || (cleaned_up_to(broker, topic) >= end).then_some(()),
+    );
 }

@@ -6,12 +6,14 @@
 //! ```sh
 //! cargo bench -p orderflow-store --bench store            # 1,000,000 orders
 //! STORE_BENCH_ORDERS=200000 cargo bench -p orderflow-store --bench store
+//! # fjall's memory as the processor sets it per partition (src/cold.rs):
+//! STORE_BENCH_CACHE_MIB=8 STORE_BENCH_MEMTABLE_MIB=4 cargo bench -p orderflow-store --bench store
 //! ```
 //!
 //! CPU time is the process's (getrusage), so fjall's background flushes
 //! and compactions count; figures in docs/benchmarks.md.
 
-use orderflow_store::{Checkpoint, PartitionStore, Put};
+use orderflow_store::{Checkpoint, Memory, PartitionStore, Put};
 use std::time::{Duration, Instant};
 
 /// Orders per durable commit: about one poll's worth of a shard.
@@ -41,8 +43,14 @@ fn resident_mib() -> f64 {
         .map_or(0.0, |kib| kib / 1024.0)
 }
 
+/// Order `i`'s ID, scattered over the key space as checkout services'
+/// IDs are (in key order, flushed tables would never overlap and
+/// compaction would only move them: small tables, cheap lookups).
 fn key(i: usize) -> Vec<u8> {
-    format!("o-3-{i:012}").into_bytes()
+    let mut z = (i as u64).wrapping_add(0x9e37_79b9_7f4a_7c15);
+    z = (z ^ (z >> 30)).wrapping_mul(0xbf58_476d_1ce4_e5b9);
+    z = (z ^ (z >> 27)).wrapping_mul(0x94d0_49bb_1331_11eb);
+    format!("o-3-{:016x}", z ^ (z >> 31)).into_bytes()
 }
 
 /// Pseudo-random bytes, the same for the same order.
@@ -74,10 +82,23 @@ fn main() {
         .ok()
         .and_then(|v| v.parse().ok())
         .unwrap_or(1_000_000);
+    let mib = |name: &str, default: u64| {
+        std::env::var(name).ok().map_or(default, |v| {
+            v.parse::<u64>().expect("a number of MiB") << 20
+        })
+    };
+    let defaults = Memory::default();
+    let memory = Memory {
+        cache_bytes: mib("STORE_BENCH_CACHE_MIB", defaults.cache_bytes),
+        memtable_bytes: mib("STORE_BENCH_MEMTABLE_MIB", defaults.memtable_bytes),
+    };
     let dir = tempfile::tempdir().unwrap();
-    let mut store = PartitionStore::open(dir.path(), orders).unwrap();
+    let mut store = PartitionStore::open_with(dir.path(), orders, memory).unwrap();
     println!(
-        "{orders} orders, {VALUE_BYTES}-byte records, batches of {BATCH}, rss at open {:.1} MiB",
+        "{orders} orders, {VALUE_BYTES}-byte records, batches of {BATCH}, block cache {} MiB, \
+         memtables {} MiB, rss at open {:.1} MiB",
+        memory.cache_bytes >> 20,
+        memory.memtable_bytes >> 20,
         resident_mib()
     );
 
@@ -135,7 +156,7 @@ fn main() {
     );
     drop(store);
     let started = Instant::now();
-    let store = PartitionStore::open(dir.path(), orders).unwrap();
+    let store = PartitionStore::open_with(dir.path(), orders, memory).unwrap();
     println!(
         "reopen (journal replay, filter rebuilt from {} keys): {:.2} s; rss {:.1} MiB",
         orders,

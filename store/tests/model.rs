@@ -22,6 +22,7 @@ use std::process::{Command, Stdio};
 /// Order IDs the generated batches draw from, so later batches overwrite.
 const KEYS: u64 = 2_000;
 const PUTS_PER_BATCH: u64 = 40;
+const TOMBSTONE_ONE_IN: u64 = 8;
 /// Retention runs after every this many batches.
 const EXPIRE_EVERY: u64 = 7;
 
@@ -45,8 +46,15 @@ fn batch(seed: u64, i: u64) -> Vec<Put> {
     (0..PUTS_PER_BATCH)
         .map(|_| {
             let key = format!("o-{:06}", rng.next() % KEYS).into_bytes();
-            let len = 50 + rng.next() % 250;
-            let value = (0..len).map(|_| rng.next() as u8).collect();
+            // One put in TOMBSTONE_ONE_IN is a changelog tombstone: of a
+            // held key, a key removed before, or one never written.
+            let value = match rng.next() % TOMBSTONE_ONE_IN {
+                0 => Vec::new(),
+                _ => {
+                    let len = 50 + rng.next() % 250;
+                    (0..len).map(|_| rng.next() as u8).collect()
+                }
+            };
             let expires_at_ms = (i * 10 + rng.next() % 200) as i64;
             Put {
                 key,
