@@ -33,7 +33,8 @@
 //! Only with `--bench`. Run: `cargo bench --bench restore`
 //! (`RESTORE_ORDERS=1000000,5000000,10000000` by default;
 //! `RESTORE_WINDOW`, the orders kept in memory, by default the config's
-//! `engine.dedup_window_orders`; `RESTORE_RETIRED`).
+//! `engine.dedup_window_orders`; `RESTORE_RETIRED`; `RESTORE_SCATTERED=1`
+//! for order IDs scattered over the key space instead of in key order).
 
 #[path = "../tests/common/mod.rs"]
 mod common;
@@ -173,7 +174,24 @@ fn write_tombstones(broker: &Broker, topic: &str, orders: usize) -> u64 {
     written
 }
 
-/// Sends one record per order `o-00000000` onwards, `payload` its value
+/// Order `i`'s ID: `o-00000000` onwards, in key order; with
+/// `RESTORE_SCATTERED=1` scattered over the key space (splitmix of `i`),
+/// as checkout services' IDs are, so the store's flushed tables overlap
+/// and compaction merges them.
+fn order_key(i: usize) -> String {
+    static SCATTERED: std::sync::OnceLock<bool> = std::sync::OnceLock::new();
+    let scattered =
+        *SCATTERED.get_or_init(|| std::env::var("RESTORE_SCATTERED").is_ok_and(|v| v == "1"));
+    if !scattered {
+        return format!("o-{i:08}");
+    }
+    let mut z = (i as u64).wrapping_add(0x9e37_79b9_7f4a_7c15);
+    z = (z ^ (z >> 30)).wrapping_mul(0xbf58_476d_1ce4_e5b9);
+    z = (z ^ (z >> 27)).wrapping_mul(0x94d0_49bb_1331_11eb);
+    format!("o-{:016x}", z ^ (z >> 31))
+}
+
+/// Sends one record per order ([`order_key`]) from the first on, `payload` its value
 /// (`None`: a tombstone), waiting while the producer's queue is full.
 fn write_records(
     producer: &ThreadedProducer<DefaultProducerContext>,
@@ -182,7 +200,7 @@ fn write_records(
     payload: Option<&Vec<u8>>,
 ) -> u64 {
     for i in 0..orders {
-        let key = format!("o-{i:08}");
+        let key = order_key(i);
         let mut record = BaseRecord::<[u8], Vec<u8>>::to(topic)
             .partition(0)
             .key(key.as_bytes());

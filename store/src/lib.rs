@@ -76,8 +76,11 @@ impl Default for Memory {
     }
 }
 
-/// fjall's background threads (flushes and compactions) per store.
-const WORKER_THREADS: usize = 1;
+/// fjall's background threads (flushes and compactions) per store. Two,
+/// so a flush need not wait for a long compaction: with one, a restore of
+/// 10 million scattered order IDs peaked at 1,648 MiB resident (166 MiB
+/// with two; docs/benchmarks.md, "Lookups in a large store").
+const WORKER_THREADS: usize = 2;
 const CHECKPOINT_KEY: &[u8] = b"checkpoint";
 const IDENTITY_KEY: &[u8] = b"identity";
 const SPILLED: &str = "spilled";
